@@ -1,0 +1,63 @@
+"""Timing and table printing shared by the benchmark sections."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import numpy as np
+
+
+def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` in seconds over ``repeat`` runs, after ``warmup`` runs.
+
+    The best (not the mean) is the least disturbed by other work on the machine; the
+    warm-up run absorbs JIT compilation.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def optional(module: str):
+    """Import ``module`` if installed, else None (peers are optional)."""
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a broken install counts as absent
+        return None
+
+
+def print_table(title: str, rows, baseline: str | None = None) -> None:
+    """Print rows of (name, forward s, forward+backward s); None means not measured.
+
+    With ``baseline`` (a row name), each row also shows baseline time / row time, so a
+    number above 1 means the row is faster than the baseline.
+    """
+    print(f"\n{title}")
+    ref = dict((r[0], r) for r in rows).get(baseline)
+    head = f"  {'implementation':<34}{'forward ms':>12}{'fwd+bwd ms':>12}"
+    if ref:
+        head += f"{'speed-up fwd':>14}{'fwd+bwd':>10}"
+    print(head)
+    for name, fwd, full in rows:
+        line = f"  {name:<34}{_ms(fwd):>12}{_ms(full):>12}"
+        if ref:
+            line += f"{_ratio(ref[1], fwd):>14}{_ratio(ref[2], full):>10}"
+        print(line)
+
+
+def _ms(t):
+    return "-" if t is None else f"{1e3 * t:.2f}"
+
+
+def _ratio(base, t):
+    return "-" if base is None or t is None else f"{base / t:.2f}x"
+
+
+def rng_array(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)

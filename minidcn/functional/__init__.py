@@ -1,0 +1,17 @@
+"""The differentiable ops, named and called like ``torch.nn.functional`` / ``torchvision.ops``.
+
+Each op validates its arguments, picks the kernels for the tensors' device and the active
+backend, and records one :class:`~minidcn.function.Function` in the graph.
+"""
+
+from .activation import log_softmax, relu, sigmoid, tanh
+from .arith import add, cast, div, exp, log, mul, neg, pow, sub
+from .linalg import linear, matmul
+from .loss import cross_entropy
+from .reduction import mean, sum
+from .shape import flatten, getitem, permute, reshape, transpose
+from .conv import *  # noqa: F401,F403  conv2d
+from .pooling import *  # noqa: F401,F403  max_pool2d, avg_pool2d
+from .deform import *  # noqa: F401,F403  bilinear_sample, bilinear_kernel, deform_conv2d
+from .roi import *  # noqa: F401,F403  roi_pool, roi_align, deform_roi_pool, deform_ps_roi_pool
+from .norm import *  # noqa: F401,F403  group_norm, batch_norm, layer_norm, instance_norm

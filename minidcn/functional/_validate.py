@@ -1,0 +1,92 @@
+"""Argument checks shared by the public ops.
+
+Every public op validates before any kernel runs: Numba checks no bounds, so a wrong shape
+would otherwise read garbage.  Each error names the function, the argument, what it got and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..tensor import Tensor
+
+
+def as_tensor(fn: str, name: str, value, like: Tensor | None = None) -> Tensor:
+    """A Tensor from a Tensor or array-like; ``like`` fixes dtype and device for constants."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (np.ndarray, np.generic, numbers.Number, list, tuple)):
+        try:
+            t = Tensor(value, dtype=like.dtype if like is not None else None)
+        except TypeError as err:
+            raise TypeError(f"{fn}: {name} {err}") from None
+        return t.to(like.device) if like is not None else t
+    raise TypeError(f"{fn}: {name} must be a Tensor or array-like, got {type(value).__name__}")
+
+
+def check_ndim(fn: str, name: str, t: Tensor, layout: str) -> None:
+    """``layout`` like "(B, C, H, W)": its number of letters is the expected ndim."""
+    ndim = layout.count(",") + 1
+    if t.ndim != ndim:
+        raise ValueError(
+            f"{fn}: {name} must be {ndim}-D {layout}, got {t.ndim}-D with shape {t.shape}"
+        )
+
+
+def check_same_dtype(fn: str, **tensors: Tensor | None) -> None:
+    given = {k: v.dtype for k, v in tensors.items() if v is not None}
+    if len(set(given.values())) > 1:
+        desc = ", ".join(f"{k} {d}" for k, d in given.items())
+        raise TypeError(f"{fn}: all tensors must have one dtype, got {desc}")
+
+
+def check_same_device(fn: str, **tensors: Tensor | None) -> str:
+    given = {k: v.device for k, v in tensors.items() if v is not None}
+    if len(set(given.values())) > 1:
+        desc = ", ".join(f"{k} on {d}" for k, d in given.items())
+        raise ValueError(f"{fn}: all tensors must be on one device, got {desc}")
+    return next(iter(given.values()), "cpu")
+
+
+def check_int(fn: str, name: str, value, minimum: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral,)):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(fn: str, name: str, value, minimum: float | None = None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or (minimum is not None and value < minimum):
+        raise ValueError(f"{fn}: {name} must be finite and >= {minimum}, got {value}")
+    return value
+
+
+def pair(fn: str, name: str, value, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum, as a (h, w) tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{fn}: {name} must be an int or a pair, got {value!r}")
+        return (check_int(fn, name, value[0], minimum), check_int(fn, name, value[1], minimum))
+    v = check_int(fn, name, value, minimum)
+    return (v, v)
+
+
+def conv_output_size(fn: str, size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """H_out, W_out = (H + 2p - (d (k - 1) + 1)) // s + 1; ValueError if not >= 1."""
+    out = []
+    for n, k, s, p, d, axis in zip(size, kernel, stride, padding, dilation, ("height", "width")):
+        span = d * (k - 1) + 1
+        if n + 2 * p < span:
+            raise ValueError(
+                f"{fn}: kernel {axis} with dilation spans {span} but the padded input "
+                f"{axis} is only {n + 2 * p} (input {n} + 2 * padding {p})"
+            )
+        out.append((n + 2 * p - span) // s + 1)
+    return out[0], out[1]

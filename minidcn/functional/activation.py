@@ -1,0 +1,94 @@
+"""Activations: relu, sigmoid, tanh, log_softmax."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..function import Function
+from ..tensor import Tensor
+from ._validate import as_tensor
+from .reduction import normalize_dims
+
+
+class ReLU(Function):
+    """out = max(a, 0);  da = g where a > 0, else 0 (0 at a = 0, as in torch)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.maximum(a, 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return g * (a > 0).astype(g.dtype)
+
+
+class Sigmoid(Function):
+    """out = 1 / (1 + e^-a), computed as (tanh(a/2) + 1) / 2, which cannot overflow;
+    da = g out (1 - out)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        out = 0.5 * (np.tanh(0.5 * a) + 1)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * out * (1 - out)
+
+
+class Tanh(Function):
+    """out = tanh a;  da = g (1 - out²)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        out = np.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g * (1 - out * out)
+
+
+class LogSoftmax(Function):
+    """out = a - m - log Σ e^(a - m), m = max a (the shift keeps e^ from overflowing);
+    da = g - softmax(a) Σ g."""
+
+    @staticmethod
+    def forward(ctx, a, axis):
+        z = a - a.max(axis=axis, keepdims=True)
+        out = z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+        ctx.axis = axis
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return g - np.exp(out) * g.sum(axis=ctx.axis, keepdims=True)
+
+
+def relu(input) -> Tensor:
+    return ReLU.apply(as_tensor("relu", "input", input))
+
+
+def sigmoid(input) -> Tensor:
+    return Sigmoid.apply(as_tensor("sigmoid", "input", input))
+
+
+def tanh(input) -> Tensor:
+    return Tanh.apply(as_tensor("tanh", "input", input))
+
+
+def log_softmax(input, dim) -> Tensor:
+    """log(softmax(input)) along ``dim``, computed stably in one pass."""
+    t = as_tensor("log_softmax", "input", input)
+    if t.ndim == 0:
+        raise ValueError("log_softmax: input must be at least 1-D")
+    (axis,) = normalize_dims("log_softmax", dim, t.ndim)
+    return LogSoftmax.apply(t, axis=axis)

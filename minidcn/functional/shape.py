@@ -1,0 +1,120 @@
+"""Ops that move elements without changing them: reshape, permute, transpose, getitem.
+
+Their gradients move the output gradient back the same way: reshape it back, apply the
+inverse permutation, or scatter-add it into the positions the index picked.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..arrays import zeros
+from ..function import Function
+from ..tensor import Tensor
+from ._validate import as_tensor
+
+
+class Reshape(Function):
+    """out = a viewed with a new shape;  da = g reshaped back."""
+
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shape = a.shape
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape)
+
+
+class Permute(Function):
+    """out[i_p0, i_p1, ...] = a[i_0, i_1, ...];  da = g permuted by the inverse."""
+
+    @staticmethod
+    def forward(ctx, a, dims):
+        ctx.inverse = tuple(np.argsort(dims))
+        return a.transpose(dims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(ctx.inverse)
+
+
+class GetItem(Function):
+    """out = a[index];  da = zeros with g added at the indexed positions (repeats add up)."""
+
+    @staticmethod
+    def forward(ctx, a, index):
+        ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        return a[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        da = zeros(ctx.shape, ctx.dtype, like=g)
+        np.add.at(da, ctx.index, g)
+        return da
+
+
+def reshape(input, shape) -> Tensor:
+    t = as_tensor("reshape", "input", input)
+    shape = tuple(int(s) for s in shape)
+    known = [s for s in shape if s != -1]
+    if shape.count(-1) > 1 or any(s < 0 for s in known):
+        raise ValueError(f"reshape: shape {shape} may hold at most one -1 and no other negative")
+    total, rest = t.numel(), int(np.prod(known, dtype=np.int64))
+    fits = (total % rest == 0) if (-1 in shape and rest) else (rest == total)
+    if not fits:
+        raise ValueError(f"reshape: cannot view {t.numel()} elements {t.shape} as shape {shape}")
+    if -1 in shape:
+        shape = tuple(total // rest if s == -1 else s for s in shape)
+    return Reshape.apply(t, shape=shape)
+
+
+def permute(input, dims) -> Tensor:
+    t = as_tensor("permute", "input", input)
+    dims = tuple(int(d) % t.ndim if t.ndim else int(d) for d in dims)
+    if sorted(dims) != list(range(t.ndim)):
+        raise ValueError(f"permute: dims {dims} is not a permutation of the {t.ndim} axes")
+    return Permute.apply(t, dims=dims)
+
+
+def transpose(input, dim0, dim1) -> Tensor:
+    t = as_tensor("transpose", "input", input)
+    for name, d in (("dim0", dim0), ("dim1", dim1)):
+        if not isinstance(d, numbers.Integral) or not -t.ndim <= d < t.ndim:
+            raise ValueError(f"transpose: {name}={d!r} is out of range for a {t.ndim}-D tensor")
+    dims = list(range(t.ndim))
+    dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+    return Permute.apply(t, dims=tuple(dims))
+
+
+def flatten(input, start_dim=1) -> Tensor:
+    """Merge the axes from ``start_dim`` on into one (torch.flatten with end_dim=-1)."""
+    t = as_tensor("flatten", "input", input)
+    return reshape(t, t.shape[:start_dim] + (-1,))
+
+
+def getitem(input, index) -> Tensor:
+    """``input[index]``; Tensor indices are taken as integer arrays."""
+    t = as_tensor("getitem", "input", input)
+    index = _normalize_index(index)
+    try:
+        np.empty(t.shape, dtype=np.bool_)[index]  # bounds and form, without touching data
+    except IndexError as err:
+        raise ValueError(f"getitem: index {index!r} does not fit shape {t.shape}: {err}") from None
+    return GetItem.apply(t, index=index)
+
+
+def _normalize_index(index):
+    if isinstance(index, tuple):
+        return tuple(_normalize_index(i) for i in index)
+    if isinstance(index, Tensor):
+        data = index.to("cpu").numpy()
+        if not np.all(data == np.round(data)):
+            raise TypeError("getitem: a Tensor index must hold whole numbers")
+        return data.astype(np.int64)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index

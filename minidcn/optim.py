@@ -1,0 +1,1 @@
+"""Optimisers: SGD and Adam (to be written)."""
