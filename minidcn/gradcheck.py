@@ -136,7 +136,7 @@ def _compare(name, shape, where, analytic, numeric, atol, rtol) -> None:
         return
     worst = np.unravel_index(int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess))),
                              excess.shape)
-    pos = tuple(int(k) for k in worst) if len(worst) > 1 else int(worst[0])
+    pos = int(worst[0]) if len(worst) == 1 else tuple(int(k) for k in worst)
     raise GradcheckError(
         f"gradcheck failed for {name} of shape {shape}: {int(bad.sum())} of {bad.size} "
         f"{where} checks disagree; worst at {where} {pos}: analytic {float(analytic[worst])!r}, "

@@ -64,7 +64,8 @@ def check_float(fn: str, name: str, value, minimum: float | None = None) -> floa
         raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not np.isfinite(value) or (minimum is not None and value < minimum):
-        raise ValueError(f"{fn}: {name} must be finite and >= {minimum}, got {value}")
+        wanted = "finite" if minimum is None else f"finite and >= {minimum}"
+        raise ValueError(f"{fn}: {name} must be {wanted}, got {value}")
     return value
 
 

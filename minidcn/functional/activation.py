@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..function import Function
@@ -90,5 +92,7 @@ def log_softmax(input, dim) -> Tensor:
     t = as_tensor("log_softmax", "input", input)
     if t.ndim == 0:
         raise ValueError("log_softmax: input must be at least 1-D")
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"log_softmax: dim must be one int, got {dim!r}")
     (axis,) = normalize_dims("log_softmax", dim, t.ndim)
     return LogSoftmax.apply(t, axis=axis)

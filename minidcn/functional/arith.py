@@ -28,7 +28,12 @@ def unbroadcast(grad, shape, dtype):
 def _operands(fn, a, b):
     """Both operands as Tensors; a constant takes the dtype and device of the tensor."""
     like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
-    return as_tensor(fn, "first operand", a, like), as_tensor(fn, "second operand", b, like)
+    a, b = as_tensor(fn, "first operand", a, like), as_tensor(fn, "second operand", b, like)
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{fn}: operand shapes {a.shape} and {b.shape} do not broadcast") from None
+    return a, b
 
 
 class Add(Function):
@@ -203,4 +208,4 @@ def cast(input, dtype) -> Tensor:
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"cast: dtype must be float32 or float64, got {dtype}")
     t = as_tensor("cast", "input", input)
-    return t if t.dtype == dtype else Cast.apply(t, dtype)
+    return t if t.dtype == dtype else Cast.apply(t, dtype=dtype)

@@ -19,6 +19,8 @@ def normalize_dims(fn: str, dim, ndim: int) -> tuple:
     """``dim`` (None, an int or a sequence of ints, negatives allowed) as sorted axes."""
     if dim is None:
         return tuple(range(ndim))
+    if not isinstance(dim, (numbers.Integral, tuple, list)):
+        raise TypeError(f"{fn}: dim must be an int or a tuple of ints, got {dim!r}")
     dims = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
     out = []
     for d in dims:
@@ -29,7 +31,7 @@ def normalize_dims(fn: str, dim, ndim: int) -> tuple:
         out.append(int(d) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"{fn}: dim {dim!r} repeats an axis")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()  # a 0-d tensor accepts dim 0 / -1, as in torch
 
 
 class Sum(Function):

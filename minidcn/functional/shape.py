@@ -59,12 +59,15 @@ class GetItem(Function):
 
 def reshape(input, shape) -> Tensor:
     t = as_tensor("reshape", "input", input)
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+        raise TypeError(f"reshape: shape must be ints, got {shape!r}")
     shape = tuple(int(s) for s in shape)
     known = [s for s in shape if s != -1]
     if shape.count(-1) > 1 or any(s < 0 for s in known):
         raise ValueError(f"reshape: shape {shape} may hold at most one -1 and no other negative")
     total, rest = t.numel(), int(np.prod(known, dtype=np.int64))
-    fits = (total % rest == 0) if (-1 in shape and rest) else (rest == total)
+    fits = (rest > 0 and total % rest == 0) if -1 in shape else (rest == total)
     if not fits:
         raise ValueError(f"reshape: cannot view {t.numel()} elements {t.shape} as shape {shape}")
     if -1 in shape:
@@ -74,7 +77,9 @@ def reshape(input, shape) -> Tensor:
 
 def permute(input, dims) -> Tensor:
     t = as_tensor("permute", "input", input)
-    dims = tuple(int(d) % t.ndim if t.ndim else int(d) for d in dims)
+    if any(not isinstance(d, numbers.Integral) or not -t.ndim <= d < t.ndim for d in dims):
+        raise ValueError(f"permute: dims {tuple(dims)} is not a permutation of the {t.ndim} axes")
+    dims = tuple(int(d) % t.ndim for d in dims)
     if sorted(dims) != list(range(t.ndim)):
         raise ValueError(f"permute: dims {dims} is not a permutation of the {t.ndim} axes")
     return Permute.apply(t, dims=dims)
@@ -93,6 +98,9 @@ def transpose(input, dim0, dim1) -> Tensor:
 def flatten(input, start_dim=1) -> Tensor:
     """Merge the axes from ``start_dim`` on into one (torch.flatten with end_dim=-1)."""
     t = as_tensor("flatten", "input", input)
+    axes = max(t.ndim, 1)  # a 0-d tensor flattens to 1-D, like torch
+    if not isinstance(start_dim, numbers.Integral) or not -axes <= start_dim < axes:
+        raise ValueError(f"flatten: start_dim={start_dim!r} is out of range for {t.ndim}-D input")
     return reshape(t, t.shape[:start_dim] + (-1,))
 
 

@@ -46,12 +46,14 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() first")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self._buffers[name] = value  # assigning to a buffer keeps it a buffer, as in torch
+            return
         for store in (self._parameters, self._modules, self._buffers):
             store.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        if isinstance(value, (Parameter, Module)):
+            self.__dict__.pop(name, None)  # else a plain attribute would shadow it
+            (self._parameters if isinstance(value, Parameter) else self._modules)[name] = value
         else:
             object.__setattr__(self, name, value)
 

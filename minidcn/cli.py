@@ -1,0 +1,107 @@
+"""The ``minidcn`` command (also ``python -m minidcn``).
+
+    minidcn lessons                        list the lessons with one-line summaries
+    minidcn lesson N [--quick] [--out DIR] run lesson N
+    minidcn tour [--quick] [--out DIR]     run every lesson in order, stop at the first failure
+    minidcn bench [section ...]            the benchmark (python -m minidcn.bench)
+
+Each lesson runs as its own Python process (``python <lesson file>``), exactly as a reader
+would run it by hand, with ``MINIDCN_QUICK=1`` for ``--quick`` and ``MINIDCN_FIGURES`` set to
+the figures folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import lessons_support
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minidcn", description="minidcn: deformable convolutional networks from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub.add_parser("lessons", help="list the lessons")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("--quick", action="store_true",
+                      help="the short version: less data, fewer epochs (MINIDCN_QUICK=1)")
+    runs.add_argument("--out", metavar="DIR", type=Path,
+                      help="write figures here (default: figures/ of the checkout, else ./figures)")
+    one = sub.add_parser("lesson", parents=[runs], help="run one lesson")
+    one.add_argument("number", type=int, help="the lesson's number, as listed by 'minidcn lessons'")
+    sub.add_parser("tour", parents=[runs], help="run every lesson in order")
+    # main() hands "bench ..." to the benchmark's own parser; listed here for --help.
+    sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N]")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark's parser
+        from .bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    lessons = lessons_support.lesson_files()
+    if args.command == "lessons":
+        return _list(lessons)
+    if args.command == "lesson":
+        if args.number not in lessons:
+            available = ", ".join(str(n) for n in lessons) or "none"
+            print(f"minidcn lesson: there is no lesson {args.number}; available: {available}",
+                  file=sys.stderr)
+            return 2
+        return _run(lessons[args.number], args.quick, args.out)
+    return _tour(lessons, args.quick, args.out)
+
+
+def _list(lessons) -> int:
+    if not lessons:
+        print(f"no lessons found in {lessons_support.lessons_dir()}", file=sys.stderr)
+        return 1
+    for number, path in lessons.items():
+        print(f"{number:2d}  {lessons_support.lesson_summary(path)}")
+    print("\nrun one with: minidcn lesson N [--quick]    all of them: minidcn tour [--quick]")
+    return 0
+
+
+def _run(path: Path, quick: bool, out: Path | None) -> int:
+    """Run one lesson file in a child Python; return its exit code."""
+    figures = (out or lessons_support.default_figures_dir(path)).resolve()
+    env = dict(os.environ, MINIDCN_FIGURES=str(figures))
+    env.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window opens
+    if quick:
+        env["MINIDCN_QUICK"] = "1"
+    # The child must import the same minidcn as this process, installed or not.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    print(f"== lesson {path.name}{' (quick)' if quick else ''}, figures -> {figures}", flush=True)
+    return subprocess.run([sys.executable, str(path)], env=env, check=False).returncode
+
+
+def _tour(lessons, quick: bool, out: Path | None) -> int:
+    if not lessons:
+        print(f"no lessons found in {lessons_support.lessons_dir()}", file=sys.stderr)
+        return 1
+    times = []
+    for number, path in lessons.items():
+        start = time.perf_counter()
+        code = _run(path, quick, out)
+        times.append((path.name, time.perf_counter() - start))
+        print(f"== {path.name}: {times[-1][1]:.1f} s", flush=True)
+        if code != 0:
+            print(f"minidcn tour: lesson {number} ({path.name}) failed with exit code {code}",
+                  file=sys.stderr)
+            return code
+    print("\nlesson wall times:")
+    for name, seconds in times:
+        print(f"  {name:32s} {seconds:7.1f} s")
+    print(f"  {'total':32s} {sum(s for _, s in times):7.1f} s")
+    return 0
