@@ -1,1 +1,253 @@
-__all__ = []
+"""Bilinear sampling and deformable convolution (DCN v1 / v2), as in torchvision.ops.
+
+* :func:`bilinear_kernel` is the interpolation weight G(q, p) itself, for plotting and lessons;
+* :func:`bilinear_sample` reads a feature map at real-valued (y, x) positions;
+* :func:`deform_conv2d` is ``torchvision.ops.deform_conv2d``: same arguments, same layouts,
+  same numbers;
+* :func:`sampling_locations` turns an offset tensor into the absolute positions the
+  convolution reads, p0 + p_k + Δp_k.
+
+The formulas and conventions are in the reference kernels, ``backends/reference/bilinear.py``
+and ``backends/reference/deform_conv.py``; this module checks the arguments (before any kernel
+runs: Numba checks no bounds) and records the ops in the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import kernels
+from ..backends.reference import bilinear as reference_bilinear
+from ..backends.reference import deform_conv as reference_deform_conv
+from ..function import Function
+from ..tensor import Tensor
+from ._validate import (
+    as_tensor,
+    check_ndim,
+    check_same_device,
+    check_same_dtype,
+    conv_output_size,
+    pair,
+)
+
+__all__ = ["bilinear_kernel", "bilinear_sample", "deform_conv2d", "sampling_locations"]
+
+
+class BilinearSample(Function):
+    """out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q]; gradients for x and the points."""
+
+    @staticmethod
+    def forward(ctx, x, points, ops):
+        ctx.ops = ops
+        ctx.save_for_backward(x, points)
+        return ops.bilinear_sample_forward(x, points)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, points = ctx.saved
+        return ctx.ops.bilinear_sample_backward(grad_out, x, points)
+
+
+class DeformConv2d(Function):
+    """y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b; gradients for all five inputs."""
+
+    @staticmethod
+    def forward(ctx, x, offset, weight, mask, bias, ops, stride, padding, dilation, groups,
+                offset_groups):
+        ctx.ops, ctx.params = ops, (stride, padding, dilation, groups, offset_groups)
+        ctx.save_for_backward(x, offset, mask, weight)
+        return ops.deform_conv2d_forward(x, offset, mask, weight, bias, *ctx.params)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, offset, mask, weight = ctx.saved
+        grad_x, grad_offset, grad_mask, grad_weight, grad_bias = ctx.ops.deform_conv2d_backward(
+            grad_y, x, offset, mask, weight, *ctx.params)
+        return grad_x, grad_offset, grad_weight, grad_mask, grad_bias
+
+
+def _check_not_empty(fn: str, name: str, t: Tensor) -> None:
+    if 0 in t.shape:
+        raise ValueError(f"{fn}: {name} must have no zero-sized axis, got shape {t.shape}")
+
+
+def _host_coordinates(fn: str, name: str, value) -> np.ndarray:
+    """A Tensor or array-like of (..., 2) coordinates as a float64 host array."""
+    if isinstance(value, Tensor):
+        data = np.asarray(value.detach().to("cpu").numpy(), dtype=np.float64)
+    else:
+        try:
+            data = Tensor(value, dtype=np.float64).numpy()
+        except TypeError as err:
+            raise TypeError(f"{fn}: {name} {err}") from None
+    if data.ndim == 0 or data.shape[-1] != 2:
+        raise ValueError(f"{fn}: {name} must have a last axis of size 2 holding (y, x), "
+                         f"got shape {data.shape}")
+    return data
+
+
+def bilinear_kernel(q, p) -> np.ndarray:
+    """The bilinear interpolation weight G(q, p) = g(q_y, p_y) g(q_x, p_x).
+
+    g(a, b) = max(0, 1 - |a - b|) is the tent of width one pixel on each side.
+
+    ``q`` (integer pixels) and ``p`` (real positions) are (..., 2) arrays of (y, x) whose
+    leading axes broadcast against each other; the result has the broadcast shape without
+    the last axis, as a float64 NumPy array.  ``bilinear_sample`` computes
+    x(p) = Σ_q G(q, p) x(q) (with zero padding outside the image).
+
+    >>> bilinear_kernel([[0, 0], [0, 1], [1, 0], [1, 1]], [0.25, 0.5])
+    array([0.375, 0.375, 0.125, 0.125])
+    """
+    fn = "bilinear_kernel"
+    q, p = _host_coordinates(fn, "q", q), _host_coordinates(fn, "p", p)
+    try:
+        np.broadcast_shapes(q.shape, p.shape)
+    except ValueError:
+        raise ValueError(
+            f"{fn}: q of shape {q.shape} and p of shape {p.shape} do not broadcast") from None
+    return reference_bilinear.interpolation_weight(q, p)
+
+
+def bilinear_sample(x, points) -> Tensor:
+    """Sample every channel of ``x`` at real-valued positions, by bilinear interpolation.
+
+    Args:
+        x: (B, C, H, W) feature maps.
+        points: (B, P, 2) positions (y, x) in pixel coordinates (row 0 and column 0 are the
+            centres of the first pixels); image b is sampled at its own P points.
+
+    Returns:
+        (B, C, P): out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q], reading 0 outside the
+        image (zero padding one pixel wide).  Differentiable in x and in the points; NaN,
+        infinite or far-away points give 0 and receive gradient 0.
+    """
+    fn = "bilinear_sample"
+    x = as_tensor(fn, "x", x)
+    pts = as_tensor(fn, "points", points)
+    check_ndim(fn, "x", x, "(B, C, H, W)")
+    check_ndim(fn, "points", pts, "(B, P, 2)")
+    check_same_dtype(fn, x=x, points=pts)
+    device = check_same_device(fn, x=x, points=pts)
+    _check_not_empty(fn, "x", x)
+    _check_not_empty(fn, "points", pts)
+    if pts.shape[2] != 2:
+        raise ValueError(f"{fn}: points must have shape (B, P, 2) holding (y, x), got {pts.shape}")
+    if pts.shape[0] != x.shape[0]:
+        raise ValueError(f"{fn}: points has batch size {pts.shape[0]}, expected x's batch size "
+                         f"{x.shape[0]} (x {x.shape}, points {pts.shape})")
+    return BilinearSample.apply(x, pts, ops=kernels(device))
+
+
+def _offset_groups(fn: str, offset_channels: int, kh: int, kw: int) -> int:
+    """G_off from offset.shape[1] = 2 · G_off · kh · kw; ValueError if it does not divide."""
+    per_group = 2 * kh * kw
+    if offset_channels == 0 or offset_channels % per_group:
+        raise ValueError(
+            f"{fn}: offset must have 2 * offset_groups * kh * kw channels, a positive multiple "
+            f"of 2 * {kh} * {kw} = {per_group}, got {offset_channels}")
+    return offset_channels // per_group
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
+                  mask=None) -> Tensor:
+    """Deformable convolution v1 (``mask=None``) and v2, like ``torchvision.ops.deform_conv2d``.
+
+        y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b
+
+    Args:
+        input: (B, C_in, H, W).
+        offset: (B, 2 · G_off · kh · kw, H_out, W_out); channel g·2·kh·kw + 2k is dy and the
+            next one dx, for offset group g and kernel point k = i·kw + j.  Input channel c
+            uses offset group c // (C_in / G_off).  G_off is inferred from the channels.
+        weight: (C_out, C_in / groups, kh, kw); groups = C_in / weight.shape[1].
+        bias: (C_out,) or None.
+        stride, padding, dilation: an int or an (h, w) pair; stride and dilation >= 1,
+            padding >= 0.
+        mask: (B, G_off · kh · kw, H_out, W_out) or None; channel g·kh·kw + k multiplies the
+            value sampled for kernel point k of offset group g (DCNv2 modulation).
+
+    Returns:
+        (B, C_out, H_out, W_out) with H_out = (H + 2 p_h - (d_h (kh - 1) + 1)) // s_h + 1.
+        Output (oy, ox) and kernel point (i, j) sample at
+        (oy s_h - p_h + i d_h + dy, ox s_w - p_w + j d_w + dx).
+    """
+    fn = "deform_conv2d"
+    x = as_tensor(fn, "input", input)
+    off = as_tensor(fn, "offset", offset)
+    w = as_tensor(fn, "weight", weight)
+    b = None if bias is None else as_tensor(fn, "bias", bias)
+    m = None if mask is None else as_tensor(fn, "mask", mask)
+    check_ndim(fn, "input", x, "(B, C_in, H, W)")
+    check_ndim(fn, "offset", off, "(B, 2 * offset_groups * kh * kw, H_out, W_out)")
+    check_ndim(fn, "weight", w, "(C_out, C_in / groups, kh, kw)")
+    if b is not None:
+        check_ndim(fn, "bias", b, "(C_out)")
+    if m is not None:
+        check_ndim(fn, "mask", m, "(B, offset_groups * kh * kw, H_out, W_out)")
+    check_same_dtype(fn, input=x, offset=off, weight=w, bias=b, mask=m)
+    device = check_same_device(fn, input=x, offset=off, weight=w, bias=b, mask=m)
+    stride = pair(fn, "stride", stride, 1)
+    padding = pair(fn, "padding", padding, 0)
+    dilation = pair(fn, "dilation", dilation, 1)
+    _check_not_empty(fn, "input", x)
+    _check_not_empty(fn, "weight", w)
+
+    batch, in_channels = x.shape[:2]
+    out_channels, per_group, kh, kw = w.shape
+    if in_channels % per_group:
+        raise ValueError(
+            f"{fn}: input channels {in_channels} must be a multiple of weight.shape[1] = "
+            f"{per_group} (C_in / groups), got input {x.shape} and weight {w.shape}")
+    groups = in_channels // per_group
+    if out_channels % groups:
+        raise ValueError(f"{fn}: out channels weight.shape[0] = {out_channels} must be divisible "
+                         f"by groups = C_in / weight.shape[1] = {groups}")
+    offset_groups = _offset_groups(fn, off.shape[1], kh, kw)
+    if in_channels % offset_groups:
+        raise ValueError(
+            f"{fn}: input channels {in_channels} must be divisible by the offset groups "
+            f"{offset_groups} (= offset.shape[1] {off.shape[1]} / (2 * {kh} * {kw}))")
+    for name, t in (("offset", off), ("mask", m)):
+        if t is not None and t.shape[0] != batch:
+            raise ValueError(f"{fn}: {name} has batch size {t.shape[0]}, expected input's batch "
+                             f"size {batch} (input {x.shape}, {name} {t.shape})")
+    out_h, out_w = conv_output_size(fn, x.shape[2:], (kh, kw), stride, padding, dilation)
+    expected = (batch, 2 * offset_groups * kh * kw, out_h, out_w)
+    if off.shape != expected:
+        raise ValueError(f"{fn}: offset must have shape {expected} (B, 2 * offset_groups * kh "
+                         f"* kw, H_out, W_out), got {off.shape}")
+    if m is not None and m.shape != (batch, offset_groups * kh * kw, out_h, out_w):
+        raise ValueError(
+            f"{fn}: mask must have shape {(batch, offset_groups * kh * kw, out_h, out_w)} "
+            f"(B, offset_groups * kh * kw, H_out, W_out) with offset_groups = {offset_groups}, "
+            f"got {m.shape}")
+    if b is not None and b.shape != (out_channels,):
+        raise ValueError(f"{fn}: bias must have shape ({out_channels},) (one per out channel), "
+                         f"got {b.shape}")
+    return DeformConv2d.apply(x, off, w, m, b, ops=kernels(device), stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, offset_groups=offset_groups)
+
+
+def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """The absolute positions p0 + p_k + Δp_k that ``deform_conv2d`` samples.
+
+    Args:
+        offset: (B, 2 · G_off · kh · kw, H_out, W_out), as for :func:`deform_conv2d`.
+        kernel_size, stride, padding, dilation: ints or (h, w) pairs, as for the convolution.
+
+    Returns:
+        A host NumPy array (B, G_off, kh · kw, H_out, W_out, 2) of (y, x) input coordinates,
+        kernel points in row-major order.  With zero offsets it is the regular grid
+        (oy s_h - p_h + i d_h, ox s_w - p_w + j d_w).  Not differentiable.
+    """
+    fn = "sampling_locations"
+    off = as_tensor(fn, "offset", offset)
+    check_ndim(fn, "offset", off, "(B, 2 * offset_groups * kh * kw, H_out, W_out)")
+    kernel_size = pair(fn, "kernel_size", kernel_size, 1)
+    stride = pair(fn, "stride", stride, 1)
+    padding = pair(fn, "padding", padding, 0)
+    dilation = pair(fn, "dilation", dilation, 1)
+    _offset_groups(fn, off.shape[1], *kernel_size)
+    host = off.detach().to("cpu").numpy()
+    return reference_deform_conv.sampling_locations(host, kernel_size, stride, padding, dilation)
