@@ -64,9 +64,15 @@ def lesson_summary(path: Path) -> str:
     return "(no summary: the lesson has no markdown cell)"
 
 
-def default_figures_dir(lesson_file: Path) -> Path:
-    """``figures/`` of the checkout a lesson lives in, else ``./figures``."""
-    repo_figures = Path(lesson_file).resolve().parent.parent / "figures"
+def default_figures_dir(lesson_file=None) -> Path:
+    """``figures/`` of the checkout, else ``./figures``.
+
+    The checkout is found from the lesson file when given, else from the ``minidcn``
+    package itself, so a lesson opened as a notebook (where ``__file__`` does not exist)
+    writes to the same place as the script.
+    """
+    anchor = Path(lesson_file) if lesson_file is not None else Path(minidcn.__file__).parent
+    repo_figures = anchor.resolve().parent.parent / "figures"
     return repo_figures if repo_figures.is_dir() else Path.cwd() / "figures"
 
 
@@ -75,15 +81,15 @@ def quick() -> bool:
     return os.environ.get("MINIDCN_QUICK", "0") not in ("", "0")
 
 
-def figures_dir(lesson_file) -> Path:
-    """Where the lesson ``lesson_file`` writes figures (created if needed)."""
+def figures_dir(lesson_file=None) -> Path:
+    """Where lessons write figures (``MINIDCN_FIGURES`` if set); created if needed."""
     given = os.environ.get("MINIDCN_FIGURES")
-    folder = Path(given) if given else default_figures_dir(Path(lesson_file))
+    folder = Path(given) if given else default_figures_dir(lesson_file)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def save_figure(fig, name: str, lesson_file) -> Path:
+def save_figure(fig, name: str, lesson_file=None) -> Path:
     """Save a matplotlib figure as ``name`` in the figures folder, close it, print the path."""
     import matplotlib.pyplot as plt
 

@@ -33,9 +33,9 @@ def _as_float_array(data, dtype=None):
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"Tensor: dtype must be float32 or float64, got {dtype}")
     if _is_device_array(data):
-        if dtype is not None and data.dtype != dtype:
-            return data.astype(dtype)
-        return data
+        if dtype is None:
+            dtype = data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32)
+        return data if data.dtype == dtype else data.astype(dtype)
     given_float64 = isinstance(data, (np.ndarray, np.generic)) and data.dtype == np.float64
     try:
         arr = np.asarray(data)

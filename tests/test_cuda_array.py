@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import mutually_broadcastable_shapes
 
+from minidcn import Tensor
 from minidcn.backends.cuda import array as array_module
 from minidcn.backends.cuda import launch
 from minidcn.backends.cuda.array import CudaArray
@@ -400,3 +401,11 @@ def test_kernels_are_right_on_the_default_launch_grid(monkeypatch):
     a, b = values((3, 4)), values((4, 2), seed=1)
     assert_same(dev(a) @ dev(b) + dev(a).sum(axis=1, keepdims=True),
                 a @ b + a.sum(axis=1, keepdims=True), rtol=1e-14)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("values", [np.array([True, False]), np.array([3, -1], dtype=np.int64)])
+def test_tensor_from_a_non_float_device_array_becomes_float32_as_on_the_host(values):
+    t = Tensor(CudaArray.from_host(values))
+    assert t.dtype == np.float32 == Tensor(values).dtype
+    np.testing.assert_array_equal((t * 2.0).to("cpu").numpy(), values.astype(np.float32) * 2)
