@@ -1,0 +1,96 @@
+"""RoI pooling kernels called directly: the numba scatter passes are deterministic whatever the
+thread count, and the host entry points take non-contiguous arrays."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minidcn
+from minidcn.backends import numba_cpu, reference
+
+# Every backward kernel on inputs where many RoIs overlap (the scatter collides) and with
+# more output channels than one numba channel block; prints a digest of all the bytes.
+DIGEST_SCRIPT = """
+import hashlib
+import numpy as np
+from minidcn.backends.numba_cpu import roi_pool as k
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 80, 9, 10))
+rois = np.concatenate([rng.integers(0, 2, (40, 1)), rng.uniform(-2, 6, (40, 2)),
+                       rng.uniform(3, 12, (40, 2))], axis=1)
+offset = rng.uniform(-1, 1, (40, 2, 2, 2))
+mask = rng.uniform(0, 1, (40, 1, 2, 2))
+digest = hashlib.sha256()
+for dtype in (np.float64, np.float32):
+    xs, rs, os_, ms = (a.astype(dtype) for a in (x, rois, offset, mask))
+    g = rng.standard_normal((40, 80, 2, 2)).astype(dtype)
+    gps = rng.standard_normal((40, 20, 2, 2)).astype(dtype)
+    _, argmax = k.roi_pool_forward(xs, rs, (2, 2), 0.8)
+    outs = [k.roi_pool_backward(g, argmax, rs, xs.shape),
+            k.roi_align_backward(g, rs, xs.shape, (2, 2), 0.8, 0, False),
+            *k.deform_roi_pool_backward(g, xs, rs, os_, ms, (2, 2), 0.8, 2, 0.3),
+            *k.deform_ps_roi_pool_backward(gps, xs, rs, os_, (2, 2), 0.8, 0, 0.3)]
+    for o in outs:
+        digest.update(np.ascontiguousarray(o).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def _digest_with_threads(threads: int) -> str:
+    root = Path(minidcn.__file__).resolve().parent.parent
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_numba_backward_is_bitwise_the_same_with_one_or_two_threads():
+    one, two = _digest_with_threads(1), _digest_with_threads(2)
+    assert len(one) == 64 and one == two
+
+
+def _odd_layouts(*arrays):
+    """Fortran-ordered copies of 4-D arrays, every-other-column views of 2-D ones."""
+    out = []
+    for a in arrays:
+        if a.ndim == 2:
+            wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+            wide[:, ::2] = a
+            out.append(wide[:, ::2])
+        else:
+            out.append(np.asfortranarray(a))
+    return out
+
+
+@pytest.mark.parametrize("kernels", [reference, numba_cpu], ids=["reference", "numba"])
+def test_host_kernels_take_non_contiguous_arrays(kernels):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 7))
+    rois = np.concatenate([rng.integers(0, 2, (5, 1)), rng.uniform(-1, 4, (5, 2)),
+                           rng.uniform(2, 8, (5, 2))], axis=1)
+    offset, mask = rng.uniform(-1, 1, (5, 2, 2, 3)), rng.uniform(0, 1, (5, 1, 2, 3))
+    g = rng.standard_normal((5, 3, 2, 3))
+    x_ps, g_ps = rng.standard_normal((2, 12, 6, 7)), rng.standard_normal((5, 2, 2, 3))
+
+    def everything(x, rois, offset, mask, g, x_ps, g_ps):
+        y, argmax = kernels.roi_pool_forward(x, rois, (2, 3), 0.9)
+        return [y, argmax, kernels.roi_pool_backward(g, argmax, rois, x.shape),
+                kernels.roi_align_forward(x, rois, (2, 3), 0.9, 2, True),
+                kernels.roi_align_backward(g, rois, x.shape, (2, 3), 0.9, 2, True),
+                kernels.deform_roi_pool_forward(x, rois, offset, mask, (2, 3), 0.9, 0, 0.2),
+                *kernels.deform_roi_pool_backward(g, x, rois, offset, mask, (2, 3), 0.9, 0, 0.2),
+                kernels.deform_ps_roi_pool_forward(x_ps, rois, offset, (2, 3), 0.9, 2, 0.2),
+                *kernels.deform_ps_roi_pool_backward(g_ps, x_ps, rois, offset, (2, 3), 0.9, 2, 0.2)]
+
+    arrays = (x, rois, offset, mask, g, x_ps, g_ps)
+    odd = _odd_layouts(*arrays)
+    assert not any(a.flags.c_contiguous for a in odd)
+    for want, got in zip(everything(*arrays), everything(*odd)):
+        np.testing.assert_array_equal(got, want)
