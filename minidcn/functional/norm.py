@@ -1,1 +1,252 @@
-__all__ = []
+"""Normalisation: group_norm and batch_norm, and layer_norm / instance_norm as group norms.
+
+Every normalisation here is one formula applied to a different set S of values:
+
+    x̂ = (x - μ_S) / sqrt(σ²_S + ε),    y = γ_c x̂ + β_c    (per channel c),
+
+with μ_S the mean and σ²_S the biased variance (divide by |S|) of S.
+
+* group_norm: S = one image's channels of one group, (n, g) -> C/G channels × H × W.
+  Nothing is shared between images, so the result does not depend on the batch size.
+* layer_norm: group_norm with one group (S = the whole image, C × H × W).
+* instance_norm: group_norm with one group per channel (S = one H × W plane).
+* batch_norm: S = one channel across the whole batch (N × H × W): in training the
+  statistics come from the batch, so each image's output depends on the other images.
+
+The backward is the closed form (derived in ``backends/reference/norm.py``), computed by
+one kernel per backend, not by composing primitive ops.  Statistics are two passes in
+float64 even for float32 data, so a mean of 1e3 times the spread costs no accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import kernels
+from ..function import Function
+from ..tensor import Tensor, _is_device_array
+from ._validate import as_tensor, check_float, check_int, check_same_device, check_same_dtype
+
+__all__ = ["group_norm", "batch_norm", "layer_norm", "instance_norm"]
+
+
+def _device(array) -> str:
+    return "cpu" if isinstance(array, np.ndarray) else "cuda"
+
+
+def _wanted(ctx, grads):
+    """(grad_x, grad_weight, grad_bias), None for a weight or bias that was not given."""
+    grad_x, grad_weight, grad_bias = grads
+    return (grad_x, grad_weight if ctx.has_weight else None,
+            grad_bias if ctx.has_bias else None)
+
+
+class GroupNorm(Function):
+    """y = γ_c (x - μ_ng) r_ng + β_c;  dx, dγ, dβ by the closed-form backward kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps):
+        ctx.kernels = kernels(_device(x))
+        y, mean, rstd = ctx.kernels.group_norm_forward(x, num_groups, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.num_groups = num_groups
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved
+        return _wanted(ctx, ctx.kernels.group_norm_backward(grad, x, mean, rstd, weight,
+                                                            ctx.num_groups))
+
+
+class BatchNorm(Function):
+    """y = γ_c (x - μ_c) r_c + β_c with given statistics; backward treats them as functions
+    of x in training (batch statistics) and as constants in evaluation (running ones)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, training):
+        ctx.kernels = kernels(_device(x))
+        y, save_mean, save_rstd = ctx.kernels.batch_norm_forward(x, mean, var, weight, bias, eps)
+        ctx.save_for_backward(x, weight, save_mean, save_rstd)
+        ctx.training = training
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, save_mean, save_rstd = ctx.saved
+        return _wanted(ctx, ctx.kernels.batch_norm_backward(grad, x, save_mean, save_rstd,
+                                                            weight, ctx.training))
+
+
+# ---------------------------------------------------------------------------- validation
+def _input_and_affine(fn, input, weight, bias):
+    """input as an (N, C, *) Tensor with values, weight and bias as (C,) Tensors or None."""
+    x = as_tensor(fn, "input", input)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: input must be (N, C, *) with at least 2 dimensions, "
+                         f"got {x.ndim}-D with shape {x.shape}")
+    if x.numel() == 0:
+        raise ValueError(f"{fn}: input must not be empty, got shape {x.shape}")
+    w = None if weight is None else as_tensor(fn, "weight", weight)
+    b = None if bias is None else as_tensor(fn, "bias", bias)
+    check_same_dtype(fn, input=x, weight=w, bias=b)
+    check_same_device(fn, input=x, weight=w, bias=b)
+    channels = x.shape[1]
+    for name, t in (("weight", w), ("bias", b)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"{fn}: {name} must have shape (C,) = ({channels},) for input of "
+                             f"shape {x.shape}, got {t.shape}")
+    return x, w, b
+
+
+def _positive_eps(fn, eps) -> float:
+    eps = check_float(fn, "eps", eps, 0.0)
+    if eps == 0.0:
+        raise ValueError(f"{fn}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite on a "
+                         f"constant group), got {eps}")
+    return eps
+
+
+def _running_stat(fn, name, value, x: Tensor):
+    """The raw array (host ndarray or CudaArray) that batch_norm updates in place, or None."""
+    if value is None:
+        return None
+    array = value.data if isinstance(value, Tensor) else value
+    if not isinstance(array, np.ndarray) and not _is_device_array(array):
+        raise TypeError(f"{fn}: {name} must be a Tensor, a numpy.ndarray or a CudaArray "
+                        f"(it is updated in place), got {type(value).__name__}")
+    channels = x.shape[1]
+    if array.dtype != x.dtype:
+        raise TypeError(f"{fn}: {name} must have the input's dtype {x.dtype}, got {array.dtype}")
+    if tuple(array.shape) != (channels,):
+        raise ValueError(f"{fn}: {name} must have shape (C,) = ({channels},) for input of "
+                         f"shape {x.shape}, got {tuple(array.shape)}")
+    device = "cpu" if isinstance(array, np.ndarray) else "cuda"
+    if device != x.device:
+        raise ValueError(f"{fn}: {name} is on {device} but input is on {x.device}")
+    if device == "cpu" and not array.flags.writeable:
+        raise ValueError(f"{fn}: {name} is a read-only array; it must be writable to be "
+                         "updated in place")
+    return array
+
+
+# ---------------------------------------------------------------------------- group norms
+def _group_norm(fn, input, num_groups, weight, bias, eps) -> Tensor:
+    """The group norm behind group_norm, layer_norm and instance_norm (None: G = C)."""
+    x, w, b = _input_and_affine(fn, input, weight, bias)
+    channels = x.shape[1]
+    groups = channels if num_groups is None else check_int(fn, "num_groups", num_groups, 1)
+    if channels % groups:
+        raise ValueError(f"{fn}: the {channels} channels of input {x.shape} cannot be split "
+                         f"into num_groups={groups} equal groups (C must be divisible by it)")
+    eps = _positive_eps(fn, eps)
+    return GroupNorm.apply(x, w, b, num_groups=groups, eps=eps)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """Group normalisation (Wu & He, 2018), as ``torch.nn.functional.group_norm``.
+
+    ``input`` (N, C, *) is viewed as (N, G, C/G, *).  Each (n, g) group of M = C/G · Π*
+    values is normalised with its own mean and biased variance, ``(x - μ) / sqrt(σ² + ε)``,
+    then channel c is scaled by ``weight[c]`` and shifted by ``bias[c]`` (both (C,),
+    optional).  No statistic crosses images, so the output of an image does not depend on
+    the rest of the batch, and there is no training/evaluation difference.
+
+    Args:
+        input: (N, C, *) Tensor, not empty.
+        num_groups: G >= 1, dividing C.
+        weight, bias: (C,) Tensors or None (identity); same dtype and device as input.
+        eps: > 0, added to the variance.  (torch also accepts 0, which divides by zero on
+            a constant group.)
+    """
+    return _group_norm("group_norm", input, num_groups, weight, bias, eps)
+
+
+def layer_norm(input, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """Layer normalisation of an (N, C, *) input over all of (C, *): group_norm with G = 1.
+
+    It is literally ``group_norm(input, 1, weight, bias, eps)``: a single group holding the
+    whole image, so each image is normalised by the mean and variance of all its values.
+    ``weight`` and ``bias`` are per channel, (C,), as in ``nn.GroupNorm(1, C)``.
+
+    How this differs from ``torch.nn.functional.layer_norm(input, normalized_shape, weight,
+    bias, eps)``: torch normalises over the last ``len(normalized_shape)`` dimensions of any
+    shape, and its affine has one weight per *element* of ``normalized_shape`` (e.g. (C, H,
+    W)), not one per channel.  With ``normalized_shape = input.shape[1:]`` and no affine (or
+    an affine constant over H and W) the two give the same numbers.  The signature differs
+    too: there is no ``normalized_shape`` argument, so pass weight, bias and eps by name.
+    """
+    return _group_norm("layer_norm", input, 1, weight, bias, eps)
+
+
+def instance_norm(input, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """Instance normalisation of an (N, C, *) input: group_norm with G = C.
+
+    It is literally ``group_norm(input, C, weight, bias, eps)``: one group per channel, so
+    every (n, c) plane is normalised by its own mean and variance.
+
+    How this differs from ``torch.nn.functional.instance_norm(input, running_mean=None,
+    running_var=None, weight=None, bias=None, use_input_stats=True, momentum=0.1, eps)``:
+    torch can also keep running statistics; here the statistics always come from the input
+    (torch's default ``use_input_stats=True`` without running statistics gives the same
+    numbers).  The positional order differs, so pass weight, bias and eps by name.
+    """
+    return _group_norm("instance_norm", input, None, weight, bias, eps)
+
+
+# ---------------------------------------------------------------------------- batch norm
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5) -> Tensor:
+    """Batch normalisation (Ioffe & Szegedy, 2015), as ``torch.nn.functional.batch_norm``.
+
+    Channel c of ``input`` (N, C, *) is normalised by statistics over its N · Π* values:
+
+    * ``training=True``: the batch mean and biased variance.  When running statistics are
+      given they are updated **in place**: ``running ← (1 - momentum) running + momentum
+      batch``, the variance term being the *unbiased* batch variance (× M / (M - 1)).
+      Fewer than 2 values per channel is an error (no variance to estimate).  The gradient
+      flows through the batch statistics.
+    * ``training=False``: ``running_mean`` and ``running_var`` (required) are used as
+      constants and left unchanged.
+
+    Args:
+        input: (N, C, *) Tensor, not empty.
+        running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
+            ndarray, CudaArray, or a Tensor whose data is updated), or both None (training
+            only: then nothing is tracked).
+        weight, bias: (C,) Tensors or None (identity).
+        training: bool.
+        momentum: in [0, 1].
+        eps: > 0.
+    """
+    fn = "batch_norm"
+    x, w, b = _input_and_affine(fn, input, weight, bias)
+    mean_buffer = _running_stat(fn, "running_mean", running_mean, x)
+    var_buffer = _running_stat(fn, "running_var", running_var, x)
+    if (mean_buffer is None) != (var_buffer is None):
+        raise ValueError(f"{fn}: running_mean and running_var must both be given or both be "
+                         f"None, got running_mean={'None' if mean_buffer is None else 'array'}, "
+                         f"running_var={'None' if var_buffer is None else 'array'}")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
+    momentum = check_float(fn, "momentum", momentum, 0.0)
+    if momentum > 1.0:
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
+    eps = _positive_eps(fn, eps)
+    count = x.numel() // x.shape[1]
+    if training and count < 2:
+        raise ValueError(f"{fn}: training needs more than 1 value per channel to estimate a "
+                         f"variance, got input of shape {x.shape} ({count} value per channel)")
+    if not training and mean_buffer is None:
+        raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
+
+    k = kernels(x.device)
+    if training:
+        mean, var = k.batch_norm_stats(x.data)
+        if mean_buffer is not None:
+            k.batch_norm_update_running(mean_buffer, var_buffer, mean, var, momentum, count)
+    else:
+        mean, var = mean_buffer, var_buffer
+    return BatchNorm.apply(x, w, b, mean=mean, var=var, eps=eps, training=bool(training))

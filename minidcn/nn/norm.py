@@ -1,1 +1,159 @@
-__all__ = []
+"""Normalisation layers: GroupNorm, BatchNorm2d, and LayerNorm / InstanceNorm2d as GroupNorms.
+
+``GroupNorm`` normalises each image on its own, so it behaves the same for a batch of 1 as
+for a batch of 64, in training and in evaluation.  ``BatchNorm2d`` normalises each channel
+over the batch: in training with the batch's statistics (and it keeps running averages of
+them), in evaluation with those running averages.  That difference is the point of lesson
+09.  ``LayerNorm`` and ``InstanceNorm2d`` are GroupNorm with one group and with one group per
+channel; their docstrings say how they differ from torch's layers of the same name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..functional._validate import as_tensor, check_float, check_int
+from .layers import _layer_dtype
+from .module import Module, Parameter
+
+__all__ = ["GroupNorm", "BatchNorm2d", "LayerNorm", "InstanceNorm2d"]
+
+
+def _positive_eps(layer: str, eps) -> float:
+    eps = check_float(layer, "eps", eps, 0.0)
+    if eps == 0.0:
+        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
+    return eps
+
+
+def _check_input(layer: str, x, channels: int, ndim: int | None = None):
+    """``x`` as a Tensor with ``channels`` channels (and ``ndim`` dimensions when given)."""
+    x = as_tensor(layer, "input", x)
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{layer}: expected {ndim}-D input (N, C, H, W), got {x.ndim}-D with "
+                         f"shape {x.shape}")
+    if x.ndim < 2 or x.shape[1] != channels:
+        raise ValueError(f"{layer}: expected input (N, {channels}, *) with {channels} channels, "
+                         f"got shape {x.shape}")
+    return x
+
+
+class GroupNorm(Module):
+    """y = group_norm(x, num_groups, weight, bias, eps) for x of shape (N, C, *).
+
+    weight (ones) and bias (zeros), of shape (C,), exist when ``affine`` (torch's defaults).
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32):
+        super().__init__()
+        layer = type(self).__name__
+        self.num_groups = check_int(layer, "num_groups", num_groups, 1)
+        self.num_channels = check_int(layer, "num_channels", num_channels, 1)
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"{layer}: num_channels = {num_channels} must be divisible by "
+                             f"num_groups = {num_groups}")
+        self.eps = _positive_eps(layer, eps)
+        self.affine = bool(affine)
+        dtype = _layer_dtype(layer, dtype)
+        self.weight = Parameter(np.ones(self.num_channels, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(self.num_channels, dtype)) if self.affine else None
+
+    def forward(self, x):
+        x = _check_input(type(self).__name__, x, self.num_channels)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNorm(GroupNorm):
+    """GroupNorm(1, num_channels): each image normalised over all of (C, *).
+
+    Unlike ``torch.nn.LayerNorm(normalized_shape)``, which normalises the last dimensions
+    of any shape and learns one weight per element of ``normalized_shape`` (C·H·W of them for
+    (C, H, W)), this layer learns one weight and one bias per channel, as
+    ``torch.nn.GroupNorm(1, C)`` does.  Without affine, the numbers equal torch's
+    ``LayerNorm(x.shape[1:], elementwise_affine=False)``.
+    """
+
+    def __init__(self, num_channels, eps=1e-5, affine=True, *, dtype=np.float32):
+        super().__init__(1, num_channels, eps, affine, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class InstanceNorm2d(GroupNorm):
+    """GroupNorm(num_features, num_features) on (N, C, H, W): each (n, c) plane on its own.
+
+    Like ``torch.nn.InstanceNorm2d`` with its defaults (affine=False, no running
+    statistics).  torch's options ``track_running_stats`` and ``momentum`` are not offered:
+    the statistics always come from the input, in training and evaluation alike.
+    """
+
+    def __init__(self, num_features, eps=1e-5, affine=False, *, dtype=np.float32):
+        super().__init__(num_features, num_features, eps, affine, dtype=dtype)
+
+    def forward(self, x):
+        x = _check_input("InstanceNorm2d", x, self.num_channels, ndim=4)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class BatchNorm2d(Module):
+    """batch_norm over (N, H, W) per channel, with running statistics, as torch.nn.BatchNorm2d.
+
+    * ``train()`` mode: normalise with the batch statistics and, when
+      ``track_running_stats``, update the buffers ``running_mean`` and ``running_var`` in
+      place (momentum, unbiased variance: see ``minidcn.functional.batch_norm``) and add 1
+      to ``num_batches_tracked``.  ``momentum=None`` makes the running statistics the plain
+      average of all batches so far (momentum 1 / num_batches_tracked), as in torch.
+    * ``eval()`` mode: normalise with the running statistics; without them
+      (``track_running_stats=False``) the batch statistics are used in both modes.
+
+    The three buffers are in ``state_dict()``: running_mean (zeros), running_var (ones),
+    num_batches_tracked (an int64 scalar).  weight (ones) and bias (zeros) when ``affine``.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        super().__init__()
+        layer = "BatchNorm2d"
+        self.num_features = check_int(layer, "num_features", num_features, 1)
+        self.eps = _positive_eps(layer, eps)
+        if momentum is not None:
+            momentum = check_float(layer, "momentum", momentum, 0.0)
+            if momentum > 1.0:
+                raise ValueError(f"{layer}: momentum must be in [0, 1] or None, got {momentum}")
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        dtype = _layer_dtype(layer, dtype)
+        self.weight = Parameter(np.ones(self.num_features, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(self.num_features, dtype)) if self.affine else None
+        tracked, c = self.track_running_stats, self.num_features
+        self.register_buffer("running_mean", np.zeros(c, dtype) if tracked else None)
+        self.register_buffer("running_var", np.ones(c, dtype) if tracked else None)
+        self.register_buffer("num_batches_tracked", np.array(0, np.int64) if tracked else None)
+
+    def forward(self, x):
+        x = _check_input("BatchNorm2d", x, self.num_features, ndim=4)
+        updating = self.training and self.track_running_stats
+        batches = int(np.asarray(self.num_batches_tracked)) + 1 if updating else 0
+        if self.momentum is None:  # cumulative average: the k-th batch gets weight 1/k
+            momentum = 1.0 / batches if updating else 0.0
+        else:
+            momentum = self.momentum
+        use_batch_stats = self.training or self.running_mean is None
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         training=use_batch_stats, momentum=momentum, eps=self.eps)
+        if updating:
+            self.num_batches_tracked[...] = batches
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
