@@ -450,3 +450,15 @@ def test_bad_devices():
         F.group_norm(x, 2, on_device)
     with pytest.raises(ValueError, match="running_mean is on cuda but input is on cpu"):
         F.batch_norm(x, CudaArray.from_host(C4), CudaArray.from_host(C4))
+
+
+@pytest.mark.cuda
+def test_batchnorm_module_moves_to_cuda_and_back_keeping_its_counter_an_int():
+    bn = nn.BatchNorm2d(3).double().to("cuda")
+    assert np.asarray(bn.num_batches_tracked).dtype.kind == "i"
+    x = Tensor(np.random.default_rng(0).standard_normal((4, 3, 2, 2))).double().to("cuda")
+    bn(x).sum().backward()
+    bn.to("cpu")
+    state = bn.state_dict()
+    assert state["num_batches_tracked"] == 1
+    assert state["running_mean"].dtype == np.float64

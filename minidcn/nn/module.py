@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..arrays import to_device_of
-from ..tensor import Tensor
+from ..tensor import FLOAT_DTYPES, Tensor
 
 
 class Parameter(Tensor):
@@ -114,14 +114,18 @@ class Module:
             p.grad = None
 
     def to(self, device: str | None = None, dtype=None) -> "Module":
-        """Move parameters and buffers in place (parameters keep their identity)."""
+        """Move parameters and float buffers in place (parameters keep their identity).
+
+        Integer buffers (counters such as BatchNorm's ``num_batches_tracked``) are
+        bookkeeping, not data: they stay host integers whatever the device or dtype.
+        """
         for p in self.parameters():
             moved = Tensor(p.data, dtype=dtype) if dtype is not None else p
             p.data = moved.to(device).data if device is not None else moved.data
             p.grad = None
         for m in self.modules():
             for name, b in list(m._buffers.items()):
-                if b is not None:
+                if b is not None and np.dtype(b.dtype) in FLOAT_DTYPES:
                     t = Tensor(b, dtype=dtype) if dtype is not None else Tensor._from_array(b)
                     m._buffers[name] = t.to(device).data if device is not None else t.data
         return self
