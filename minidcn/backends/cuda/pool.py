@@ -1,1 +1,159 @@
-__all__ = []
+"""Max and average pooling as numba.cuda kernels (cuda backend).
+
+The formulas are those of ``backends/reference/pool.py`` (read its docstring first).  The
+forward kernels run one thread per output element (one window).  The backward kernels:
+
+* avg: one thread per input pixel, gathering as conv2d's grad_x does (``conv.py``): pixel
+  (row, col) is kernel point (u, v) of window (i, j) exactly when row = i·s_h - p_h + u
+  and col = j·s_w - p_w + v, and ``source_index`` finds that i (or j) when it exists; the
+  pixel sums grad_y[b, c, i, j] / divisor[i, j] over its windows.  No atomics, a fixed
+  order of addition.
+* max: the backward receives only the argmax (not the window geometry), so it scatters:
+  one thread per window adds grad_y[b, c, i, j] at its argmax with ``cuda.atomic.add``.
+  Overlapping windows (stride < kernel) can add into one pixel in any order, so in that
+  case the last bits of a sum may differ from run to run.
+
+Accumulators start from ``zero``, a scalar of the arrays' dtype (see ``conv.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from ..reference.conv import output_size
+from .array import CudaArray
+from .conv import source_index, unravel
+from .launch import grid_for
+
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
+
+NO_DILATION = (1, 1)
+
+
+@cuda.jit
+def max_pool_kernel(x, kernel_size, stride, padding, dilation, y, argmax):
+    """One thread per window: scan row-major, replace when value > best or value is NaN."""
+    height, width = x.shape[2], x.shape[3]
+    for index in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        b, c, i, j = unravel(index, y.shape)
+        best, best_index = -np.inf, -1
+        for u in range(kernel_size[0]):
+            row = i * stride[0] - padding[0] + u * dilation[0]
+            if row < 0 or row >= height:
+                continue
+            for v in range(kernel_size[1]):
+                col = j * stride[1] - padding[1] + v * dilation[1]
+                if col < 0 or col >= width:
+                    continue
+                value = x[b, c, row, col]
+                if best_index < 0 or value > best or math.isnan(value):
+                    best, best_index = value, row * width + col
+        y[b, c, i, j] = best
+        argmax[b, c, i, j] = best_index
+
+
+@cuda.jit
+def max_unpool_kernel(grad_y, argmax, grad_x):
+    """One thread per window: add its gradient at its argmax (grad_x starts at zero)."""
+    width = grad_x.shape[3]
+    for index in range(cuda.grid(1), grad_y.size, cuda.gridsize(1)):
+        b, c, i, j = unravel(index, grad_y.shape)
+        target = argmax[b, c, i, j]
+        cuda.atomic.add(grad_x, (b, c, target // width, target % width), grad_y[b, c, i, j])
+
+
+@cuda.jit(device=True)
+def clipped_span(start, size, limit):
+    """The part [lo, hi) of the window [start, start + size) that lies in [0, limit).
+
+    Written with conditionals: two-argument max/min do not compile on the CUDA target
+    since numba 0.66 (numba issue 10753), although the simulator accepts them.
+    """
+    lo = start if start > 0 else 0
+    hi = start + size if start + size < limit else limit
+    return lo, hi
+
+
+@cuda.jit(device=True)
+def avg_divisor(i, j, kernel_size, stride, padding, height, width, count_include_pad):
+    """kh·kw, or the number of pixels of window (i, j) inside the image."""
+    if count_include_pad:
+        return kernel_size[0] * kernel_size[1]
+    row_lo, row_hi = clipped_span(i * stride[0] - padding[0], kernel_size[0], height)
+    col_lo, col_hi = clipped_span(j * stride[1] - padding[1], kernel_size[1], width)
+    return (row_hi - row_lo) * (col_hi - col_lo)
+
+
+@cuda.jit
+def avg_pool_kernel(x, kernel_size, stride, padding, count_include_pad, zero, y):
+    """One thread per window: the sum of its pixels inside the image over the divisor."""
+    height, width = x.shape[2], x.shape[3]
+    for index in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        b, c, i, j = unravel(index, y.shape)
+        row_lo, row_hi = clipped_span(i * stride[0] - padding[0], kernel_size[0], height)
+        col_lo, col_hi = clipped_span(j * stride[1] - padding[1], kernel_size[1], width)
+        total = zero
+        for row in range(row_lo, row_hi):
+            for col in range(col_lo, col_hi):
+                total += x[b, c, row, col]
+        y[b, c, i, j] = total / avg_divisor(i, j, kernel_size, stride, padding, height, width,
+                                            count_include_pad)
+
+
+@cuda.jit
+def avg_unpool_kernel(grad_y, kernel_size, stride, padding, count_include_pad, zero, grad_x):
+    """One thread per input pixel: Σ grad_y[b, c, i, j] / divisor[i, j] over its windows."""
+    height, width = grad_x.shape[2], grad_x.shape[3]
+    for index in range(cuda.grid(1), grad_x.size, cuda.gridsize(1)):
+        b, c, row, col = unravel(index, grad_x.shape)
+        acc = zero
+        for u in range(kernel_size[0]):
+            i = source_index(row, u, stride[0], padding[0], 1, grad_y.shape[2])
+            if i < 0:
+                continue
+            for v in range(kernel_size[1]):
+                j = source_index(col, v, stride[1], padding[1], 1, grad_y.shape[3])
+                if j >= 0:
+                    acc += grad_y[b, c, i, j] / avg_divisor(i, j, kernel_size, stride, padding,
+                                                            height, width, count_include_pad)
+        grad_x[b, c, row, col] = acc
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding, dilation):
+    """(y, argmax) on the device, each (B, C, H_out, W_out)."""
+    out = x.shape[:2] + output_size(x.shape[2:], kernel_size, stride, padding, dilation)
+    y, argmax = CudaArray.empty(out, x.dtype), CudaArray.empty(out, np.int64)
+    blocks, threads = grid_for(y.size)
+    max_pool_kernel[blocks, threads](x.dev, kernel_size, stride, padding, dilation, y.dev,
+                                     argmax.dev)
+    return y, argmax
+
+
+def max_pool2d_backward(grad_y, argmax, input_shape):
+    """grad_x (input_shape) on the device: each window's gradient added at its argmax."""
+    grad_x = CudaArray.zeros(input_shape, grad_y.dtype)
+    blocks, threads = grid_for(grad_y.size)
+    max_unpool_kernel[blocks, threads](grad_y.dev, argmax.dev, grad_x.dev)
+    return grad_x
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad):
+    """y (B, C, H_out, W_out) on the device."""
+    out = x.shape[:2] + output_size(x.shape[2:], kernel_size, stride, padding, NO_DILATION)
+    y = CudaArray.empty(out, x.dtype)
+    blocks, threads = grid_for(y.size)
+    avg_pool_kernel[blocks, threads](x.dev, kernel_size, stride, padding,
+                                     bool(count_include_pad), x.dtype.type(0), y.dev)
+    return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding, count_include_pad):
+    """grad_x (input_shape) on the device."""
+    grad_x = CudaArray.empty(input_shape, grad_y.dtype)
+    blocks, threads = grid_for(grad_x.size)
+    avg_unpool_kernel[blocks, threads](grad_y.dev, kernel_size, stride, padding,
+                                       bool(count_include_pad), grad_y.dtype.type(0), grad_x.dev)
+    return grad_x
