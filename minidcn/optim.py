@@ -120,7 +120,9 @@ class Optimizer:
                         f"{p.grad.device} does not fit its parameter {p.shape} on {p.device}"
                     )
                 state = self.state.setdefault(p, {})
-                p.data = self._update(p.data, p.grad.data, state, group)
+                updated = self._update(p.data, p.grad.data, state, group)
+                # a float64 hyperparameter (lr = np.float64(...)) must not promote the parameter
+                p.data = updated if updated.dtype == p.dtype else updated.astype(p.dtype)
 
     def _check_group(self, group: dict) -> None:  # pragma: no cover - documented interface
         raise NotImplementedError

@@ -250,3 +250,16 @@ def test_optimizers_update_device_parameters_like_host_ones(make):
     for ph, pd in zip(host, device):
         assert pd.device == "cuda"
         np.testing.assert_allclose(pd.to("cpu").numpy(), ph.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps)])
+def test_a_float64_learning_rate_keeps_float32_parameters_float32(make):
+    p = nn.Parameter(np.ones(3, dtype=np.float32))
+    opt = make([p])
+    opt.param_groups[0]["lr"] = np.float64(0.05)
+    p.grad = Tensor(np.ones(3, dtype=np.float32))
+    opt.step()
+    opt.step()
+    assert p.dtype == np.float32
+    for state in opt.state.values():
+        assert all(v.dtype == np.float32 for v in state.values() if hasattr(v, "dtype"))
