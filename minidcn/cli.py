@@ -77,6 +77,8 @@ def _run(path: Path, quick: bool, out: Path | None) -> int:
     figures = (out or lessons_support.default_figures_dir(path)).resolve()
     env = dict(os.environ, MINIDCN_FIGURES=str(figures))
     env.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window opens
+    for name, value in lessons_support.THREAD_ENVIRONMENT.items():
+        env.setdefault(name, value)
     if quick:
         env["MINIDCN_QUICK"] = "1"
     # The child must import the same minidcn as this process, installed or not.
