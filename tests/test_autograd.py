@@ -1,5 +1,7 @@
 """The backward engine: order, reuse, accumulation, checks on the gradients it is handed."""
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,63 @@ def test_first_gradient_is_a_copy_not_an_alias():
     a.backward(g)
     g[0] = 100.0
     assert a.grad.numpy()[0] == 5.0
+
+
+class _Recorded(Function):
+    """y = 2x whose backward hands out a fresh array, a view of one, or an array in ctx."""
+
+    handed_out = {}
+
+    @staticmethod
+    def forward(ctx, x, kind):
+        ctx.kind = kind
+        ctx.save_for_backward(np.full(x.shape, 2.0, x.dtype))
+        return 2.0 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.kind == "fresh":
+            out = 2.0 * g
+        elif ctx.kind == "view":
+            out = (2.0 * g).reshape(-1).reshape(g.shape)
+        else:  # "saved"
+            out = ctx.saved[0]
+        _Recorded.handed_out[ctx.kind] = weakref.ref(out)  # a strong one would be a holder
+        return out
+
+
+def test_a_fresh_gradient_nobody_else_holds_is_adopted_without_a_copy():
+    a = Tensor([1.0, 2.0], requires_grad=True)
+    _Recorded.apply(a, kind="fresh").backward(np.ones(2, np.float32))
+    assert a.grad.data is _Recorded.handed_out.pop("fresh")()
+
+
+def test_a_view_or_an_array_kept_in_ctx_is_copied_into_the_leaf():
+    a = Tensor([1.0, 2.0], requires_grad=True)
+    _Recorded.apply(a, kind="view").backward(np.ones(2, np.float32))
+    assert a.grad.data is not _Recorded.handed_out.pop("view")()
+    assert a.grad.data.base is None
+    b = Tensor([1.0, 2.0], requires_grad=True)
+    y = _Recorded.apply(b, kind="saved")
+    y.backward(np.ones(2, np.float32))
+    saved = y._node.ctx.saved[0]
+    assert not np.shares_memory(b.grad.data, saved)
+    b.grad.data[0] = 7.0  # an in-place change to the gradient leaves the graph intact
+    assert saved[0] == 2.0
+
+
+def test_leaves_handed_the_same_array_get_separate_gradients():
+    a = Tensor([1.0, 2.0], requires_grad=True)
+    b = Tensor([3.0, 4.0], requires_grad=True)
+    (a + b).backward(np.ones(2, np.float32))  # Add hands its incoming gradient to both
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    c = Tensor([1.0, 2.0], requires_grad=True)
+    d = Tensor([3.0, 4.0], requires_grad=True)
+    (_Recorded.apply(c, kind="fresh") + d).sum().backward()
+    (c + d).sum().backward()  # second call: accumulation makes new arrays
+    assert not np.shares_memory(c.grad.data, d.grad.data)
+    np.testing.assert_array_equal(c.grad.numpy(), [3.0, 3.0])
+    np.testing.assert_array_equal(d.grad.numpy(), [2.0, 2.0])
 
 
 def test_topological_order_puts_inputs_first():

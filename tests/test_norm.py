@@ -336,11 +336,11 @@ def test_batch_norm2d_momentum_none_is_the_cumulative_average():
 # ---------------------------------------------------------------------------- torch
 def test_group_norm_matches_torch():
     torch = pytest.importorskip("torch")
-    x, w, b, dy = randn(3, 6, 4, 5), randn(6, seed=1), randn(6, seed=2), randn(3, 6, 4, 5, seed=3)
+    x, w, b = randn(3, 6, 4, 5), randn(6, seed=1), randn(6, seed=2)
     out, grads = run("numba", lambda x, w, b: F.group_norm(x, 3, w, b), x, w, b)
     X, W, B = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     Y = torch.nn.functional.group_norm(X, 3, W, B)
-    Y.backward(torch.tensor(np.random.default_rng(0).standard_normal(Y.shape)))
+    Y.backward(torch.tensor(np.random.default_rng(0).standard_normal(Y.shape)))  # run()'s grad
     np.testing.assert_allclose(out, Y.detach().numpy(), atol=1e-12)
     for g, t in zip(grads, (X, W, B)):
         np.testing.assert_allclose(g, t.grad.numpy(), atol=1e-12)
@@ -362,7 +362,7 @@ def test_batch_norm_matches_torch(training):
     out, grads = run("numba", fn, x, w, b)
     X, W, B = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     Y = torch.nn.functional.batch_norm(X, RM, RV, W, B, training, momentum=0.25)
-    Y.backward(torch.tensor(np.random.default_rng(0).standard_normal(Y.shape)))
+    Y.backward(torch.tensor(np.random.default_rng(0).standard_normal(Y.shape)))  # run()'s grad
     np.testing.assert_allclose(out, Y.detach().numpy(), atol=1e-12)
     for g, t in zip(grads, (X, W, B)):
         np.testing.assert_allclose(g, t.grad.numpy(), atol=1e-12)

@@ -82,9 +82,6 @@ def run(repeat: int = 5) -> None:
     title = (f"conv2d float32, B={BATCH}, C={C_IN}->{C_OUT}, {SIZE}x{SIZE}, "
              f"{KERNEL}x{KERNEL}, padding {PADDING}")
     print_table(title, rows, baseline=rows[-1][0] if torch is not None else None)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"  1-minute load average {load:.1f} on {os.cpu_count()} cores (BLAS and numba threads "
-          "spin-wait, so timings taken while other work runs are not meaningful)")
     if torch is not None:
         numba_full, torch_full = rows[1][2], rows[-1][2]
         ratio = numba_full / torch_full

@@ -15,7 +15,7 @@ torchvision in forward and 10x in forward+backward.  numba and its peers are tim
 back and the slow reference last, so that other work on the machine disturbs them alike;
 still, the ratios are only meaningful on an otherwise idle machine (numba's two threads wait
 for each other at every parallel loop, so it suffers more than single-threaded code when
-the cores are shared), so the table's title gives the load average.  On a busy machine
+the cores are shared), so the table ends with the load average.  On a busy machine
 ``OPENBLAS_NUM_THREADS=1`` can be faster: OpenBLAS's worker threads keep spinning after a
 GEMM and compete with numba's threads for the cores.
 
@@ -50,11 +50,6 @@ def _arrays(batch=BATCH, c_in=C_IN, c_out=C_OUT, size=SIZE):
     bias = rng_array((c_out,), seed=4)
     grad_y = rng_array((batch, c_out, out, out), seed=5)
     return x, offset, mask, weight, bias, grad_y
-
-
-def _load_average() -> str:
-    """The 1-minute load average: how busy the machine was while timing (Unix only)."""
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
 
 
 def _real_gpu() -> bool:
@@ -172,8 +167,7 @@ def run(repeat: int = 5) -> None:
         rows.append(("minidcn cuda", *_minidcn_times("numba", "cuda", repeat)))
     rows += peers
     title = (f"deform_conv2d float32, B={BATCH}, C={C_IN}->{C_OUT}, {SIZE}x{SIZE}, "
-             f"{KERNEL}x{KERNEL}, padding {PADDING}, with mask "
-             f"(load average {_load_average()} on {os.cpu_count()} cores)")
+             f"{KERNEL}x{KERNEL}, padding {PADDING}, with mask")
     print_table(title, rows, baseline=baseline)
     if baseline is not None:
         tv = dict((r[0], r) for r in rows)[baseline]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 
 import numpy as np
@@ -36,7 +37,9 @@ def print_table(title: str, rows, baseline: str | None = None) -> None:
     """Print rows of (name, forward s, forward+backward s); None means not measured.
 
     With ``baseline`` (a row name), each row also shows baseline time / row time, so a
-    number above 1 means the row is faster than the baseline.
+    number above 1 means the row is faster than the baseline.  The last line gives the
+    load average: timings taken while other work runs are not comparable (numba's and
+    BLAS's threads wait for each other, and spin while they wait).
     """
     print(f"\n{title}")
     ref = dict((r[0], r) for r in rows).get(baseline)
@@ -49,6 +52,12 @@ def print_table(title: str, rows, baseline: str | None = None) -> None:
         if ref:
             line += f"{_ratio(ref[1], fwd):>14}{_ratio(ref[2], full):>10}"
         print(line)
+    print(f"  1-minute load average {load_average()} on {os.cpu_count()} cores")
+
+
+def load_average() -> str:
+    """The 1-minute load average: how busy the machine was while timing (Unix only)."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
 
 
 def _ms(t):

@@ -21,8 +21,12 @@ How the work is split:
   whatever the number of threads.  A group (32 KiB for the benchmark shape) stays in cache
   between the passes, so the extra pass of the two-pass statistics costs little.
 * batch norm is parallel over the channels; a channel is N runs of L values.
-* every sum is accumulated in float64 by :func:`centered_sums`, which keeps ``LANES``
-  partial sums side by side (see its docstring for why).
+* every sum is accumulated in float64 by the small loops :func:`row_sum`,
+  :func:`row_squared_deviation` and :func:`row_sum_and_dot` (see :data:`REORDER` for how
+  they are allowed to use the vector unit).
+* every element-wise pass walks one channel row ``x[n, c]`` with an index from 0: an index
+  that starts elsewhere (``range(k * L, ...)``) makes numba check it for negative values
+  on every element, which keeps the loop from being vectorised (measured 5x slower).
 """
 
 from __future__ import annotations
@@ -41,42 +45,50 @@ __all__ = [
     "batch_norm_backward",
 ]
 
-LANES = 64  # partial sums kept side by side in centered_sums
+REORDER = {"reassoc", "contract", "nsz"}
+"""The floating-point licences the norm loops are compiled with (numba ``fastmath``).
+
+A sum ``s += p[i]`` written as a loop must, by IEEE rules, add the values one after the
+other; each addition waits for the previous one and the vector unit sits idle.
+``reassoc`` lets the compiler keep several partial sums in one vector register and add
+them together at the end (about 7x faster here); ``contract`` lets it fuse a multiply and
+an add into one FMA; ``nsz`` lets it ignore the sign of zero.  The result is a different,
+equally accurate, rounding of the same float64 sum.  It is still deterministic: the order
+is fixed when the loop is compiled, not chosen at run time, so it does not depend on the
+number of threads.  The licences that would change results on special values (``nnan``,
+``ninf``: assume no NaN or infinity) are deliberately not given, so NaN and infinity
+propagate exactly as without fastmath.
+"""
 
 
-@njit(cache=True)
-def centered_sums(p, p0, q, q0):
-    """(Σ_i (p_i - p0), Σ_i (p_i - p0)(q_i - q0)) over two 1-D arrays of one length, in float64.
+@njit(cache=True, fastmath=REORDER)
+def row_sum(p):
+    """Σ_i p_i over a 1-D array, in float64."""
+    total = 0.0
+    for i in range(p.shape[0]):
+        total += p[i]
+    return total
 
-    One formula serves every statistic: ``(x, 0, x, 0)`` gives Σx, ``(x, μ, x, μ)`` gives
-    Σ(x - μ)², and ``(dy, 0, x, μ)`` gives Σdy and Σdy (x - μ).
 
-    A single running sum makes each addition wait for the previous one, and without
-    ``fastmath`` the compiler may not reorder the additions to use the vector unit.  So the
-    values are read as rows of ``LANES`` and added column by column into ``LANES`` partial
-    sums: that inner loop is element-wise (it vectorises), and the partial sums are added
-    together at the end in a fixed order, so the result is deterministic.
-    """
-    n = p.shape[0]
-    rows = n // LANES
-    lane_p = np.zeros(LANES)
-    lane_pq = np.zeros(LANES)
-    for row in range(rows):
-        start = row * LANES
-        for k in range(LANES):
-            u = p[start + k] - p0
-            lane_p[k] += u
-            lane_pq[k] += u * (q[start + k] - q0)
-    sum_p = 0.0
-    sum_pq = 0.0
-    for i in range(rows * LANES, n):  # the last, incomplete row
-        u = p[i] - p0
-        sum_p += u
-        sum_pq += u * (q[i] - q0)
-    for k in range(LANES):
-        sum_p += lane_p[k]
-        sum_pq += lane_pq[k]
-    return sum_p, sum_pq
+@njit(cache=True, fastmath=REORDER)
+def row_squared_deviation(p, mu):
+    """Σ_i (p_i - μ)² over a 1-D array, in float64 (the second pass of the variance)."""
+    total = 0.0
+    for i in range(p.shape[0]):
+        d = p[i] - mu
+        total += d * d
+    return total
+
+
+@njit(cache=True, fastmath=REORDER)
+def row_sum_and_dot(dy, x, mu):
+    """(Σ_i dy_i, Σ_i dy_i (x_i - μ)) over two 1-D arrays of one length, in float64."""
+    sum_dy = 0.0
+    sum_dy_xc = 0.0
+    for i in range(dy.shape[0]):
+        sum_dy += dy[i]
+        sum_dy_xc += dy[i] * (x[i] - mu)
+    return sum_dy, sum_dy_xc
 
 
 def _as_channels(a, n, c):
@@ -92,37 +104,41 @@ def _affine(weight, bias, channels):
 
 
 # ---------------------------------------------------------------------------- group norm
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _group_norm_forward(x, num_groups, gamma, beta, eps, y, mean, rstd):
-    """Per (n, g): μ = Σx / M, σ² = Σ(x - μ)² / M, r = 1/√(σ² + ε); y = (x - μ) r γ_c + β_c."""
+    """Per (n, g): μ = Σx / M, σ² = Σ(x - μ)² / M, r = 1/√(σ² + ε); y = (x - μ) r γ_c + β_c.
+
+    The last line is computed as y = a_c x + b_c with a_c = r γ_c and b_c = β_c - μ a_c,
+    one multiply-add per element.
+    """
     batch, channels, length = x.shape
     per_group = channels // num_groups
     size = per_group * length
+    groups = x.reshape(batch * num_groups, size)  # group (n, g) is row n·G + g
     for job in prange(batch * num_groups):
         n, g = job // num_groups, job % num_groups
-        channels_of_group = range(g * per_group, (g + 1) * per_group)
-        total = 0.0
-        for c in channels_of_group:  # pass 1: the mean
-            total += centered_sums(x[n, c], 0.0, x[n, c], 0.0)[0]
-        mu = total / size
-        squares = 0.0
-        for c in channels_of_group:  # pass 2: the mean squared deviation
-            squares += centered_sums(x[n, c], mu, x[n, c], mu)[1]
-        r = 1.0 / math.sqrt(squares / size + eps)
+        values = groups[job]
+        mu = row_sum(values) / size  # pass 1: the mean
+        r = 1.0 / math.sqrt(row_squared_deviation(values, mu) / size + eps)  # pass 2
         mean[n, g] = mu
         rstd[n, g] = r
-        for c in channels_of_group:
-            scale = r * gamma[c]
+        for c in range(g * per_group, (g + 1) * per_group):
+            a = r * gamma[c]
+            b = beta[c] - mu * a
+            x_c, y_c = x[n, c], y[n, c]
             for i in range(length):
-                y[n, c, i] = (x[n, c, i] - mu) * scale + beta[c]
+                y_c[i] = x_c[i] * a + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _group_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta_part):
     """Per (n, g): dx = r (h - mean(h) - x̂ mean(h x̂)) with h = γ_c dy (reference docstring).
 
     Per channel c of the group, Σdy and Σdy (x - μ) give dβ's and dγ's share of image n
     (dγ = Σ dy x̂ = r Σ dy (x - μ)), and, weighted by γ_c, the group means of h and h x̂.
+    With x̂ = (x - μ) r, dx expands to one multiply-add chain per element:
+
+        dx = (r γ_c) dy + (-r² mean(h x̂)) x + r (μ r mean(h x̂) - mean(h)).
     """
     batch, channels, length = x.shape
     num_groups = mean.shape[1]
@@ -130,50 +146,52 @@ def _group_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta_part):
     size = per_group * length
     for job in prange(batch * num_groups):
         n, g = job // num_groups, job % num_groups
-        channels_of_group = range(g * per_group, (g + 1) * per_group)
         mu, r = mean[n, g], rstd[n, g]
         sum_h = 0.0
         sum_h_xhat = 0.0
-        for c in channels_of_group:
-            sum_dy, sum_dy_xc = centered_sums(dy[n, c], 0.0, x[n, c], mu)
+        for c in range(g * per_group, (g + 1) * per_group):
+            sum_dy, sum_dy_xc = row_sum_and_dot(dy[n, c], x[n, c], mu)
             dbeta_part[n, c] = sum_dy
             dgamma_part[n, c] = r * sum_dy_xc
             sum_h += gamma[c] * sum_dy
             sum_h_xhat += gamma[c] * r * sum_dy_xc
         mean_h = sum_h / size
         mean_h_xhat = sum_h_xhat / size
-        for c in channels_of_group:
+        x_coef = -r * r * mean_h_xhat
+        constant = r * (mu * r * mean_h_xhat - mean_h)
+        for c in range(g * per_group, (g + 1) * per_group):
+            dy_coef = r * gamma[c]
+            dy_c, x_c, dx_c = dy[n, c], x[n, c], dx[n, c]
             for i in range(length):
-                x_hat = (x[n, c, i] - mu) * r
-                dx[n, c, i] = r * (gamma[c] * dy[n, c, i] - mean_h - x_hat * mean_h_xhat)
+                dx_c[i] = dy_coef * dy_c[i] + x_coef * x_c[i] + constant
 
 
 def group_norm_forward(x, num_groups, weight, bias, eps):
     n, c = x.shape[:2]
     data = _as_channels(x, n, c)
     gamma, beta = _affine(weight, bias, c)
-    y = np.empty_like(data)
+    y = np.empty(x.shape, x.dtype)  # owns its memory (autograd can adopt it without a copy)
     mean = np.empty((n, num_groups))
     rstd = np.empty((n, num_groups))
-    _group_norm_forward(data, num_groups, gamma, beta, eps, y, mean, rstd)
-    return y.reshape(x.shape), mean, rstd
+    _group_norm_forward(data, num_groups, gamma, beta, eps, y.reshape(data.shape), mean, rstd)
+    return y, mean, rstd
 
 
 def group_norm_backward(grad_y, x, mean, rstd, weight, num_groups):
     n, c = x.shape[:2]
     data = _as_channels(x, n, c)
     gamma, _ = _affine(weight, None, c)
-    grad_x = np.empty_like(data)
+    grad_x = np.empty(x.shape, x.dtype)
     dgamma_part = np.empty((n, c))  # dγ and dβ of each image, added over n below
     dbeta_part = np.empty((n, c))
     _group_norm_backward(_as_channels(grad_y, n, c), data, mean, rstd, gamma,
-                         grad_x, dgamma_part, dbeta_part)
-    return (grad_x.reshape(x.shape), dgamma_part.sum(axis=0).astype(x.dtype),
+                         grad_x.reshape(data.shape), dgamma_part, dbeta_part)
+    return (grad_x, dgamma_part.sum(axis=0).astype(x.dtype),
             dbeta_part.sum(axis=0).astype(x.dtype))
 
 
 # ---------------------------------------------------------------------------- batch norm
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _batch_norm_stats(x, mean, var):
     """Per channel c over (N, L): μ_c = Σx / M, then σ²_c = Σ(x - μ_c)² / M (biased)."""
     batch, channels, length = x.shape
@@ -181,11 +199,11 @@ def _batch_norm_stats(x, mean, var):
     for c in prange(channels):
         total = 0.0
         for n in range(batch):
-            total += centered_sums(x[n, c], 0.0, x[n, c], 0.0)[0]
+            total += row_sum(x[n, c])
         mu = total / size
         squares = 0.0
         for n in range(batch):
-            squares += centered_sums(x[n, c], mu, x[n, c], mu)[1]
+            squares += row_squared_deviation(x[n, c], mu)
         mean[c] = mu
         var[c] = squares / size
 
@@ -199,25 +217,33 @@ def _batch_norm_update_running(running_mean, running_var, mean, var, momentum, c
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _batch_norm_forward(x, mean, var, gamma, beta, eps, y, save_mean, save_rstd):
-    """y = (x - μ_c) r_c γ_c + β_c with r_c = 1/√(var_c + ε); μ, r kept in float64."""
+    """y = (x - μ_c) r_c γ_c + β_c with r_c = 1/√(var_c + ε); μ, r kept in float64.
+
+    As in group norm, computed as y = a_c x + b_c with a_c = r_c γ_c, b_c = β_c - μ_c a_c.
+    """
     batch, channels, length = x.shape
     for c in prange(channels):
         mu = np.float64(mean[c])
         r = 1.0 / math.sqrt(np.float64(var[c]) + eps)
         save_mean[c] = mu
         save_rstd[c] = r
-        scale = r * gamma[c]
+        a = r * gamma[c]
+        b = beta[c] - mu * a
         for n in range(batch):
+            x_c, y_c = x[n, c], y[n, c]
             for i in range(length):
-                y[n, c, i] = (x[n, c, i] - mu) * scale + beta[c]
+                y_c[i] = x_c[i] * a + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _batch_norm_backward(dy, x, save_mean, save_rstd, gamma, training, dx, dgamma, dbeta):
     """Per channel: dγ = Σdy x̂, dβ = Σdy; dx = γ r (dy - mean(dy) - x̂ mean(dy x̂)) in training,
-    dx = γ r dy in evaluation (the running statistics are constants)."""
+    dx = γ r dy in evaluation (the running statistics are constants).
+
+    With x̂ = (x - μ) r, dx = (γ r) dy + (-γ r² mean(dy x̂)) x + γ r (μ r mean(dy x̂) - mean(dy)).
+    """
     batch, channels, length = x.shape
     size = batch * length
     for c in prange(channels):
@@ -225,7 +251,7 @@ def _batch_norm_backward(dy, x, save_mean, save_rstd, gamma, training, dx, dgamm
         sum_dy = 0.0
         sum_dy_xc = 0.0
         for n in range(batch):
-            s_dy, s_dy_xc = centered_sums(dy[n, c], 0.0, x[n, c], mu)
+            s_dy, s_dy_xc = row_sum_and_dot(dy[n, c], x[n, c], mu)
             sum_dy += s_dy
             sum_dy_xc += s_dy_xc
         dbeta[c] = sum_dy
@@ -233,10 +259,12 @@ def _batch_norm_backward(dy, x, save_mean, save_rstd, gamma, training, dx, dgamm
         mean_dy = sum_dy / size if training else 0.0
         mean_dy_xhat = r * sum_dy_xc / size if training else 0.0
         scale = gamma[c] * r
+        x_coef = -scale * r * mean_dy_xhat
+        constant = scale * (mu * r * mean_dy_xhat - mean_dy)
         for n in range(batch):
+            dy_c, x_c, dx_c = dy[n, c], x[n, c], dx[n, c]
             for i in range(length):
-                x_hat = (x[n, c, i] - mu) * r
-                dx[n, c, i] = scale * (dy[n, c, i] - mean_dy - x_hat * mean_dy_xhat)
+                dx_c[i] = scale * dy_c[i] + x_coef * x_c[i] + constant
 
 
 def batch_norm_stats(x):
@@ -255,21 +283,21 @@ def batch_norm_forward(x, mean, var, weight, bias, eps):
     n, c = x.shape[:2]
     data = _as_channels(x, n, c)
     gamma, beta = _affine(weight, bias, c)
-    y = np.empty_like(data)
+    y = np.empty(x.shape, x.dtype)  # owns its memory (autograd can adopt it without a copy)
     save_mean = np.empty(c)
     save_rstd = np.empty(c)
     _batch_norm_forward(data, np.ascontiguousarray(mean), np.ascontiguousarray(var),
-                        gamma, beta, eps, y, save_mean, save_rstd)
-    return y.reshape(x.shape), save_mean, save_rstd
+                        gamma, beta, eps, y.reshape(data.shape), save_mean, save_rstd)
+    return y, save_mean, save_rstd
 
 
 def batch_norm_backward(grad_y, x, save_mean, save_rstd, weight, training):
     n, c = x.shape[:2]
     data = _as_channels(x, n, c)
     gamma, _ = _affine(weight, None, c)
-    grad_x = np.empty_like(data)
+    grad_x = np.empty(x.shape, x.dtype)
     dgamma = np.empty(c)
     dbeta = np.empty(c)
     _batch_norm_backward(_as_channels(grad_y, n, c), data, save_mean, save_rstd, gamma,
-                         bool(training), grad_x, dgamma, dbeta)
-    return grad_x.reshape(x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+                         bool(training), grad_x.reshape(data.shape), dgamma, dbeta)
+    return grad_x, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
