@@ -7,7 +7,9 @@
 # 1. seven nested Python loops, straight from the formula;
 # 2. im2col + GEMM: gather every window into a column, then one matrix product (the NumPy
 #    `reference` backend);
-# 3. the same algorithm compiled by Numba (the `numba` backend, minidcn's default on the CPU);
+# 3. shifted products: kh·kw matrix products, each reading the padded input in place through
+#    a shifted view, with Numba for the copies around them (the `numba` backend, minidcn's
+#    default on the CPU);
 # 4. a `numba.cuda` kernel (the `cuda` backend), run here in Numba's CUDA simulator unless a
 #    GPU is present;
 #
@@ -191,12 +193,67 @@ ax_cols.set_title("cols = im2col(x): K × L\ny (O × L) = W (O × K) · cols")
 save_figure(fig, "02_im2col_layout.png", __file__)
 
 # %% [markdown]
+# ## 2b. The same sum without the copies: shifted products
+#
+# im2col writes a matrix kh·kw times the size of the input, then reads it back. On a laptop
+# moving that memory costs more than the arithmetic. The `numba` backend keeps the sum over
+# the kernel points as a sum of kh·kw smaller products, each reading the input where it lies:
+#
+#     y[n] (O × L) = Σ_{u, v}  W[:, :, u, v] (O × C) · (x_pad shifted by (u, v)) (C × L).
+#
+# The trick that makes "shifted" free: lay the padded images end to end, one row per channel
+# (`flat[c, (n·H_p + r)·W_p + q] = x_pad[n, c, r, q]`). With stride 1, output pixel (i, j)
+# reads padded pixel (i + u·d, j + v·d) for kernel point (u, v), which sits exactly
+# u·d·W_p + v·d places after position (n, i, j) in `flat`. So the operand of kernel point
+# (u, v) is the *view* `flat[:, shift : shift + N]`: no copy at all. The product is computed
+# at every position of the padded grid, and the positions whose window runs off the image
+# are thrown away at the end. (With stride s, the library first splits the padded input into
+# s×s "phase" images of every s-th pixel, and each kernel point reads one phase, shifted:
+# read `minidcn/backends/numba_cpu/conv.py`.)
+
+# %%
+def conv2d_shifted(x, w, b, padding=1, dilation=1):
+    """The same y for stride 1, as Σ over kernel points of W_uv @ (a shifted view of x_pad)."""
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    rows, cols = x_pad.shape[2:]
+    out_h, out_w = rows - dilation * (kh - 1), cols - dilation * (kw - 1)
+    positions = batch * rows * cols
+    farthest = dilation * (kh - 1) * cols + dilation * (kw - 1)
+    flat = np.zeros((channels, positions + farthest))  # zeros after the end: the last shifts
+    flat[:, :positions] = x_pad.transpose(1, 0, 2, 3).reshape(channels, -1)
+    total = np.zeros((out_channels, positions))
+    for u in range(kh):
+        for v in range(kw):
+            shift = u * dilation * cols + v * dilation
+            total += w[:, :, u, v] @ flat[:, shift:shift + positions]  # a view: nothing copied
+    grid = total.reshape(out_channels, batch, rows, cols)
+    return grid[:, :, :out_h, :out_w].transpose(1, 0, 2, 3) + b.reshape(1, -1, 1, 1)
+
+
+x = rng.standard_normal((2, 3, 7, 6))
+w = rng.standard_normal((4, 3, 3, 3))
+b = rng.standard_normal(4)
+for dilation in (1, 2):
+    shifted = conv2d_shifted(x, w, b, padding=2, dilation=dilation)
+    looped = conv2d_loops(x, w, b, padding=2, dilation=dilation)
+    check(np.abs(shifted - looped).max() < 1e-12,
+          f"kh·kw shifted products give the loops' result (dilation {dilation})")
+column_bytes = im2col(x, (3, 3), (1, 1), (2, 2), (1, 1)).nbytes
+padded_bytes = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))).nbytes
+print(f"memory read by the products here: im2col's columns {column_bytes} bytes, "
+      f"the padded input behind the shifted views {padded_bytes} bytes")
+check(column_bytes > 4 * padded_bytes, "the shifted views read a fraction of im2col's columns")
+
+
+# %% [markdown]
 # ## 3. The four implementations agree
 #
 # Now the library. `minidcn.functional.conv2d` validates its arguments and calls the kernels
 # of the active backend: `with minidcn.backend("reference")` gives the NumPy im2col above,
-# `"numba"` the compiled one (`minidcn/backends/numba_cpu/conv.py`: im2col as parallel
-# `@njit` loops over (image, channel) planes, the product still by BLAS). A tensor moved with
+# `"numba"` the shifted products of 2b (`minidcn/backends/numba_cpu/conv.py`: the copies
+# into and out of the padded grid are `@njit` loops, the products are BLAS). A tensor moved with
 # `.to("cuda")` runs the `numba.cuda` kernel (`minidcn/backends/cuda/conv.py`), one GPU
 # thread per output value in a grid-stride loop.
 #
@@ -347,7 +404,9 @@ save_figure(fig, "02_conv_timings.png", __file__)
 # * A convolution is a sum over a window; the four implementations compute the same sum, and
 #   agree to float64 round-off.
 # * im2col turns the sum into one matrix product, trading memory (each pixel copied kh·kw
-#   times) for speed; Numba makes the copying itself fast and parallel.
+#   times) for speed. Shifted products keep kh·kw smaller products and read the input in
+#   place; on a small machine, where memory traffic is the bottleneck, that is the faster of
+#   the two (the `numba` backend).
 # * The deformable convolution of lesson 04 keeps this plan and changes one thing: the column
 #   entry for kernel point k is no longer the pixel at p0 + p_k but the bilinear sample at
 #   p0 + p_k + Δp_k (lesson 03).

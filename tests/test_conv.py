@@ -165,12 +165,14 @@ def test_cuda_agrees_with_reference(case, bias):
     assert_runs_agree(run("cuda", fn, *present(arrays)), run("reference", fn, *present(arrays)))
 
 
-def test_numba_chunks_of_images_give_the_same_result(monkeypatch):
-    """A column buffer too small for two images forces one image per chunk."""
-    (x, w, b), params = arrays_for((5, 2, 3, 6, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1), seed=5)
+@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
+def test_numba_chunks_of_images_give_the_same_result(monkeypatch, stride):
+    """A scratch budget of one image's buffers forces one image per chunk."""
+    (x, w, b), params = arrays_for((5, 2, 3, 6, 5, 3, 3, stride, (1, 1), (1, 1), 1), seed=5)
     whole = run("numba", conv_of(params), x, w, b)
-    monkeypatch.setattr(numba_conv, "COLUMN_BUFFER_BYTES", 8 * 2 * 9 * 30)  # one image's columns
-    assert len(list(numba_conv._image_chunks(x, w, (6, 5)))) == 5
+    grid = numba_conv._Grid(x.shape, w.shape, stride, (1, 1), (1, 1), 1)
+    monkeypatch.setattr(numba_conv, "CHUNK_BUFFER_BYTES", grid.image_bytes(8, backward=True))
+    assert grid.chunks(8, backward=True) == [(n, n + 1) for n in range(5)]
     assert_runs_agree(run("numba", conv_of(params), x, w, b), whole, 1e-13)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import functional as F
 from ..backends import backend
 from ..tensor import Tensor
-from .timing import best_time, optional, print_table, rng_array
+from .timing import best_over_rounds, optional, print_table, rng_array
 
 SHAPE = (8, 64, 64, 64)
 GROUPS = 32
@@ -63,12 +63,7 @@ def run(repeat: int = 5) -> None:
     peer = "torch.nn.functional.group_norm"
     if torch is not None:
         ops[peer] = _torch_ops(torch, arrays)
-    # Rounds interleave the implementations, so that a busy spell on a shared machine
-    # does not fall on one of them only; each entry keeps its best time over all rounds.
-    best = {name: [float("inf"), float("inf")] for name in ops}
-    for _ in range(ROUNDS):
-        for name, fns in ops.items():
-            best[name] = [min(b, best_time(fn, repeat)) for b, fn in zip(best[name], fns)]
+    best = best_over_rounds(ops, repeat, ROUNDS)
     rows = [(name, *times) for name, times in best.items()]
     print_table(f"group_norm float32 {SHAPE}, {GROUPS} groups (best of {ROUNDS} x {repeat})",
                 rows, baseline=peer if torch is not None else None)

@@ -25,6 +25,19 @@ def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def best_over_rounds(ops: dict, repeat: int, rounds: int = 3) -> dict:
+    """{name: [best forward s, best fwd+bwd s]} for ``ops`` = {name: (forward, forward_backward)}.
+
+    Rounds interleave the implementations, so that a busy spell on a shared machine does not
+    fall on one of them only; each entry keeps its best time over all rounds.
+    """
+    best = {name: [float("inf"), float("inf")] for name in ops}
+    for _ in range(rounds):
+        for name, fns in ops.items():
+            best[name] = [min(b, best_time(fn, repeat)) for b, fn in zip(best[name], fns)]
+    return best
+
+
 def optional(module: str):
     """Import ``module`` if installed, else None (peers are optional)."""
     try:

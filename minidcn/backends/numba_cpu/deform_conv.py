@@ -47,6 +47,7 @@ import numpy as np
 from numba import njit, prange
 
 from .bilinear import bilinear_weights
+from .chunks import equal_chunks
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward", "set_column_budget"]
 
@@ -235,16 +236,14 @@ class _Plan:
         row_values = self.channels * self.points
         per_image = x.itemsize * self.pixels * (row_values + self.out_channels)
         per_image += x.itemsize * padded * (2 if need_grad_input else 1)
-        most = max(1, COLUMN_BUDGET_BYTES // per_image)  # images that fit in the budget
-        n_chunks = -(-self.batch // most)
-        self.chunk = -(-self.batch // n_chunks)  # as many chunks as needed, of equal sizes
+        self.chunk_bounds = equal_chunks(self.batch, per_image, COLUMN_BUDGET_BYTES)
+        self.chunk = self.chunk_bounds[0][1]  # images in the first chunk, the largest
         self.rows = np.empty((self.chunk * self.pixels, groups, self.points, self.per_group), x.dtype)
         self.xpad = np.zeros((self.chunk, self.height + 2, self.width + 2, self.channels), x.dtype)
 
     def chunks(self):
         """(first image, end image) of each chunk, in order."""
-        for start in range(0, self.batch, self.chunk):
-            yield start, min(start + self.chunk, self.batch)
+        return self.chunk_bounds
 
     def pad(self, x, start, end):
         """The chunk's input, channels-last inside the zero border of ``self.xpad``."""
