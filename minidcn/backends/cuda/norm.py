@@ -1,16 +1,7 @@
 """Group and batch normalisation as ``numba.cuda`` kernels (cuda backend).
 
 The same kernels, formulas and closed-form backward as ``backends/reference/norm.py``
-(read its docstring first: the signatures and the derivation are there)::
-
-    group_norm_forward(x, num_groups, weight, bias, eps)   -> (y, mean, rstd)
-    group_norm_backward(grad_y, x, mean, rstd, weight, num_groups)
-                                                           -> (grad_x, grad_weight, grad_bias)
-    batch_norm_stats(x)                                    -> (mean, var)
-    batch_norm_update_running(running_mean, running_var, mean, var, momentum, count) -> None
-    batch_norm_forward(x, mean, var, weight, bias, eps)    -> (y, save_mean, save_rstd)
-    batch_norm_backward(grad_y, x, save_mean, save_rstd, weight, training)
-                                                           -> (grad_x, grad_weight, grad_bias)
+(read its docstring first: the signatures and the derivation are there).
 
 Arrays are CudaArrays; the statistics are float64 CudaArrays.  Sums start from
 ``float64(0)`` and values that meet float32 data are cast with ``float64(...)``: on the GPU

@@ -1,19 +1,5 @@
 """RoI pooling as numba.cuda kernels: the same kernels, arguments and numbers as
-``backends/reference/roi_pool.py`` (whose docstring states every convention)::
-
-    roi_pool_forward(x, rois, output_size, spatial_scale) -> (y, argmax)
-    roi_pool_backward(grad_y, argmax, rois, input_shape) -> grad_x
-    roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned) -> y
-    roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale,
-                       sampling_ratio, aligned) -> grad_x
-    deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale,
-                            sampling_ratio, gamma) -> y
-    deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma) -> (grad_x, grad_offset, grad_mask)
-    deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale,
-                               sampling_ratio, gamma) -> y
-    deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma) -> (grad_x, grad_offset)
+``backends/reference/roi_pool.py`` (whose docstring lists them and states every convention).
 
 Arrays are CudaArrays (argmax too, int64).  Every kernel is a grid-stride loop:
 
@@ -24,7 +10,8 @@ Arrays are CudaArrays (argmax too, int64).  Every kernel is a grid-stride loop:
   into values only it writes, so no atomics.
 
 roi_align, deform_roi_pool and deform_ps_roi_pool share these kernels and one sampling
-routine (``_bin_sample``, which calls ``_bilinear_corners``).
+routine (``_bin_sample``, which calls ``_bilinear_corners``), behind ``_forward`` and
+``_backward`` (``backends/roi_entry_points.py`` sets each op's switches).
 """
 
 from __future__ import annotations
@@ -34,6 +21,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..roi_entry_points import entry_points
 from .array import CudaArray
 from .launch import grid_for
 
@@ -344,39 +332,6 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
     return grad_x, grad_offset, grad_mask
 
 
-def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    return _forward(x, rois, None, None, output_size, spatial_scale, sampling_ratio, 0.0,
-                    aligned, False)
 
-
-def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
-                       aligned):
-    grad_x, _, _ = _backward(grad_y, None, rois, None, None, input_shape, spatial_scale,
-                             sampling_ratio, 0.0, aligned, False)
-    return grad_x
-
-
-def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                            gamma):
-    return _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
-                    True, False)
-
-
-def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma):
-    grad_x, grad_offset, grad_mask = _backward(grad_y, x, rois, offset, mask, x.shape,
-                                               spatial_scale, sampling_ratio, gamma, True, False)
-    return grad_x, grad_offset, grad_mask if mask is not None else None
-
-
-def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
-                               gamma):
-    return _forward(x, rois, offset, None, output_size, spatial_scale, sampling_ratio, gamma,
-                    True, True)
-
-
-def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma):
-    grad_x, grad_offset, _ = _backward(grad_y, x, rois, offset, None, x.shape, spatial_scale,
-                                       sampling_ratio, gamma, True, True)
-    return grad_x, grad_offset
+(roi_align_forward, roi_align_backward, deform_roi_pool_forward, deform_roi_pool_backward,
+ deform_ps_roi_pool_forward, deform_ps_roi_pool_backward) = entry_points(_forward, _backward)
