@@ -48,6 +48,7 @@ from numba import njit, prange
 
 from .bilinear import bilinear_weights
 from .chunks import equal_chunks
+from .floating import REORDER
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward", "set_column_budget"]
 
@@ -97,35 +98,34 @@ def _corner_runs(image, y0, x0, start):
 
 
 @njit(cache=True)
-def _sampling_point(offset, mask, has_mask, n, og, k, oy, ox, geometry, height, width):
-    """Where kernel point k of offset group og samples for output pixel (oy, ox) of image n.
+def _kernel_point_rows(offset, mask, n, og, k, oy, geometry):
+    """Kernel point k of offset group og along output row oy of image n, as rows over ox.
 
-    The point is (oy s_h - p_h + i d_h + dy, ox s_w - p_w + j d_w + dx) with (i, j) the row
-    and column of k = i kw + j, dy and dx in offset channels og·2K + 2k and og·2K + 2k + 1.
-    Returns (m, inside, y0, x0, w, w_dy, w_dx): the point's mask value (1 without a mask)
-    and what ``bilinear_weights`` says about the point.
+    Output pixel (oy, ox) samples at (y + dy[ox], ox·s_w + x + dx[ox]) with mask value m[ox],
+    where y = oy s_h - p_h + i d_h and x = j d_w - p_w for k = i kw + j, and dy, dx are
+    offset channels og·2K + 2k and og·2K + 2k + 1.  Returns (dy, dx, m, y, x).  Reading
+    whole rows keeps the loops over ox on contiguous memory.
     """
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     points = kh * kw
     dy_channel = og * 2 * points + 2 * k
-    y = oy * sh - ph + (k // kw) * dh + offset[n, dy_channel, oy, ox]
-    x = ox * sw - pw + (k % kw) * dw + offset[n, dy_channel + 1, oy, ox]
-    m = mask[n, og * points + k, oy, ox] if has_mask else 1.0
-    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
-    return m, inside, y0, x0, w, w_dy, w_dx
+    return (offset[n, dy_channel, oy], offset[n, dy_channel + 1, oy], mask[n, og * points + k, oy],
+            oy * sh - ph + (k // kw) * dh, (k % kw) * dw - pw)
 
 
 @njit(cache=True, parallel=True)
-def _im2row(xpad, offset, mask, has_mask, rows, geometry):
+def _im2row(xpad, offset, mask, rows, geometry):
     """Deformable im2col, pixel-major: one row of sampled values per output pixel.
 
     xpad:   (N, H+2, W+2, C) channels-last input with a zero border (pixel (y, x) at [y+1, x+1]).
-    offset: (N, 2·G_off·K, H_out, W_out);  mask: (N, G_off·K, H_out, W_out) if has_mask.
+    offset: (N, 2·G_off·K, H_out, W_out);  mask: (N, G_off·K, H_out, W_out) (ones if none).
     rows:   (N·H_out·W_out, groups, K, C/groups), written in full:
 
         rows[n·P + p, g, k, c - g·C/groups] = m · Σ_i w_i · xpad[n, corner_i + 1, c]
 
-    for the channels c of weight group g.  One thread per (image, output row).
+    for the channels c of weight group g.  One thread per (image, output row); it walks the
+    kernel points in the outer loop and the output pixels of its row in the inner one, so
+    that the offsets and the mask are read along contiguous rows.
     """
     n_images, height, width, channels = xpad.shape[0], xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
     out_h, out_w = offset.shape[2], offset.shape[3]
@@ -134,21 +134,25 @@ def _im2row(xpad, offset, mask, has_mask, rows, geometry):
     per_offset_group = channels // offset_groups
     per_group = rows.shape[3]
     cast = rows.dtype.type  # weights in the data's precision: float32 data stays float32
+    stride_x = geometry[3]
     for task in prange(n_images * out_h):
         n, oy = task // out_h, task % out_h
-        for ox in range(out_w):
-            r = task * out_w + ox
-            for og in range(offset_groups):
-                c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
-                for k in range(points):
-                    m, inside, y0, x0, w, _, _ = _sampling_point(
-                        offset, mask, has_mask, n, og, k, oy, ox, geometry, height, width)
-                    w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+        image = xpad[n]
+        for og in range(offset_groups):
+            c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
+            for k in range(points):
+                dy, dx, m, y, x = _kernel_point_rows(offset, mask, n, og, k, oy, geometry)
+                for ox in range(out_w):
+                    inside, y0, x0, w, _, _ = bilinear_weights(y + dy[ox], ox * stride_x + x + dx[ox],
+                                                               height, width)
+                    w00, w01, w10, w11 = (cast(m[ox] * w[0]), cast(m[ox] * w[1]),
+                                          cast(m[ox] * w[2]), cast(m[ox] * w[3]))
+                    row = rows[task * out_w + ox]
                     for g in range(c_lo // per_group, (c_hi - 1) // per_group + 1):
                         start, count = _channel_run(g, c_lo, c_hi, per_group)
-                        out = rows[r, g, k, start - g * per_group:]
-                        v00, v01, v10, v11 = _corner_runs(xpad[n], y0, x0, start)
+                        out = row[g, k, start - g * per_group:]
                         if inside:
+                            v00, v01, v10, v11 = _corner_runs(image, y0, x0, start)
                             for t in range(count):
                                 out[t] = w00 * v00[t] + w01 * v01[t] + w10 * v10[t] + w11 * v11[t]
                         else:  # skip the reads: 0 · inf would be NaN
@@ -156,7 +160,7 @@ def _im2row(xpad, offset, mask, has_mask, rows, geometry):
                                 out[t] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=REORDER)
 def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, grad_mask, geometry):
     """The adjoint of ``_im2row``, with the gradients of the sampling points.
 
@@ -172,10 +176,13 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
 
     One thread per (image, offset group): it alone writes that group's channels of
     grad_xpad[n] (which must start at zero) and its channels of grad_offset / grad_mask.
+    The sums S_i over channels are float64 and compiled with the REORDER licences, so they
+    use the vector unit; their order is fixed at compile time (see ``floating.py``).
     """
     n_images, height, width = xpad.shape[0], xpad.shape[1] - 2, xpad.shape[2] - 2
     out_h, out_w = offset.shape[2], offset.shape[3]
     points = geometry[0] * geometry[1]
+    stride_x = geometry[3]
     offset_groups = offset.shape[1] // (2 * points)
     per_offset_group = xpad.shape[3] // offset_groups
     per_group = grad_rows.shape[3]
@@ -183,34 +190,37 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
     for task in prange(n_images * offset_groups):
         n, og = task // offset_groups, task % offset_groups
         c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
+        image, grad_image = xpad[n], grad_xpad[n]
         for oy in range(out_h):
-            for ox in range(out_w):
-                r = (n * out_h + oy) * out_w + ox
-                for k in range(points):
-                    m, inside, y0, x0, w, w_dy, w_dx = _sampling_point(
-                        offset, mask, has_mask, n, og, k, oy, ox, geometry, height, width)
+            for k in range(points):
+                dy, dx, m, y, x = _kernel_point_rows(offset, mask, n, og, k, oy, geometry)
+                dy_channel = og * 2 * points + 2 * k
+                for ox in range(out_w):
+                    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(
+                        y + dy[ox], ox * stride_x + x + dx[ox], height, width)
                     s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
                     if inside:
-                        g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+                        g00, g01, g10, g11 = (cast(m[ox] * w[0]), cast(m[ox] * w[1]),
+                                              cast(m[ox] * w[2]), cast(m[ox] * w[3]))
+                        row = grad_rows[(n * out_h + oy) * out_w + ox]
                         for g in range(c_lo // per_group, (c_hi - 1) // per_group + 1):
                             start, count = _channel_run(g, c_lo, c_hi, per_group)
-                            grad = grad_rows[r, g, k, start - g * per_group:]
-                            v00, v01, v10, v11 = _corner_runs(xpad[n], y0, x0, start)
+                            grad = row[g, k, start - g * per_group:]
+                            v00, v01, v10, v11 = _corner_runs(image, y0, x0, start)
                             for t in range(count):
                                 s00 += grad[t] * v00[t]
                                 s01 += grad[t] * v01[t]
                                 s10 += grad[t] * v10[t]
                                 s11 += grad[t] * v11[t]
-                            a00, a01, a10, a11 = _corner_runs(grad_xpad[n], y0, x0, start)
+                            a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, start)
                             for t in range(count):
                                 a00[t] += g00 * grad[t]
                                 a01[t] += g01 * grad[t]
                                 a10[t] += g10 * grad[t]
                                 a11[t] += g11 * grad[t]
-                    dy_channel = og * 2 * points + 2 * k
-                    grad_offset[n, dy_channel, oy, ox] = m * (
+                    grad_offset[n, dy_channel, oy, ox] = m[ox] * (
                         w_dy[0] * s00 + w_dy[1] * s01 + w_dy[2] * s10 + w_dy[3] * s11)
-                    grad_offset[n, dy_channel + 1, oy, ox] = m * (
+                    grad_offset[n, dy_channel + 1, oy, ox] = m[ox] * (
                         w_dx[0] * s00 + w_dx[1] * s01 + w_dx[2] * s10 + w_dx[3] * s11)
                     if has_mask:
                         grad_mask[n, og * points + k, oy, ox] = w[0] * s00 + w[1] * s01 + w[2] * s10 + w[3] * s11
@@ -257,25 +267,26 @@ class _Plan:
         return flat[:, g * width:(g + 1) * width]
 
 
-def _mask_args(mask, dtype):
-    """(mask, has_mask) for the kernels: a 0-sized stand-in when there is no mask."""
+def _mask_args(mask, offset):
+    """(mask, has_mask) for the kernels: without a mask, ones (a broadcast view, no memory)."""
     if mask is None:
-        return np.zeros((0, 0, 0, 0), dtype), False
+        points = offset.shape[1] // 2
+        ones = np.ones((1, 1, 1, 1), offset.dtype)
+        return np.broadcast_to(ones, (offset.shape[0], points) + offset.shape[2:]), False
     return np.ascontiguousarray(mask), True
 
 
 def deform_conv2d_forward(x, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups):
     """y = deform_conv2d(x, offset, weight, bias, mask) as (B, C_out, H_out, W_out)."""
     x, offset, weight = np.ascontiguousarray(x), np.ascontiguousarray(offset), np.ascontiguousarray(weight)
-    mask, has_mask = _mask_args(mask, x.dtype)
+    mask, _ = _mask_args(mask, offset)
     plan = _Plan(x, offset, weight, stride, padding, dilation, groups, need_grad_input=False)
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
     out = np.empty((plan.chunk * plan.pixels, plan.out_channels), dtype=x.dtype)
     for start, end in plan.chunks():
         size = (end - start) * plan.pixels
         rows = plan.rows[:size]
-        _im2row(plan.pad(x, start, end), offset[start:end], mask[start:end] if has_mask else mask,
-                has_mask, rows, plan.geometry)
+        _im2row(plan.pad(x, start, end), offset[start:end], mask[start:end], rows, plan.geometry)
         flat_rows, flat_out = rows.reshape(size, -1), out[:size]
         for g in range(groups):
             np.matmul(plan.group_columns(flat_rows, g), plan.weight_t[g], out=plan.group_columns(flat_out, g))
@@ -289,11 +300,11 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
     """(grad_x, grad_offset, grad_mask, grad_weight, grad_bias); grad_mask is None without a mask."""
     grad_y = np.ascontiguousarray(grad_y)
     x, offset, weight = np.ascontiguousarray(x), np.ascontiguousarray(offset), np.ascontiguousarray(weight)
-    mask, has_mask = _mask_args(mask, x.dtype)
+    mask, has_mask = _mask_args(mask, offset)
     plan = _Plan(x, offset, weight, stride, padding, dilation, groups, need_grad_input=True)
     grad_x = np.empty_like(x)
     grad_offset = np.empty_like(offset)
-    grad_mask = np.empty_like(mask)
+    grad_mask = np.empty(mask.shape if has_mask else (0, 0, 0, 0), x.dtype)  # unused without a mask
     grad_weight_t = np.zeros_like(plan.weight_t)
     grad_xpad = np.empty_like(plan.xpad)
     grad_out = np.empty((plan.chunk * plan.pixels, plan.out_channels), dtype=x.dtype)
@@ -301,8 +312,7 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
         size = (end - start) * plan.pixels
         rows = plan.rows[:size]
         xpad = plan.pad(x, start, end)
-        chunk_mask = mask[start:end] if has_mask else mask
-        _im2row(xpad, offset[start:end], chunk_mask, has_mask, rows, plan.geometry)
+        _im2row(xpad, offset[start:end], mask[start:end], rows, plan.geometry)
         flat_rows, flat_grad = rows.reshape(size, -1), grad_out[:size]
         flat_grad.reshape(end - start, plan.pixels, -1)[...] = (
             grad_y[start:end].reshape(end - start, plan.out_channels, plan.pixels).transpose(0, 2, 1))
@@ -312,7 +322,7 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
             np.matmul(grad_g, plan.weight_t[g].T, out=rows_g)  # rows now hold grad_rows
         chunk_grad_xpad = grad_xpad[: end - start]
         chunk_grad_xpad.fill(0)
-        _row2im(xpad, offset[start:end], chunk_mask, has_mask, rows, chunk_grad_xpad,
+        _row2im(xpad, offset[start:end], mask[start:end], has_mask, rows, chunk_grad_xpad,
                 grad_offset[start:end], grad_mask[start:end] if has_mask else grad_mask, plan.geometry)
         grad_x[start:end] = chunk_grad_xpad[:, 1:-1, 1:-1, :].transpose(0, 3, 1, 2)
     kh, kw = plan.geometry[:2]

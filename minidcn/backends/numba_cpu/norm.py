@@ -13,7 +13,7 @@ How the work is split:
   between the passes, so the extra pass of the two-pass statistics costs little.
 * batch norm is parallel over the channels; a channel is N runs of L values.
 * every sum is accumulated in float64 by the small loops :func:`row_sum`,
-  :func:`row_squared_deviation` and :func:`row_sum_and_dot` (see :data:`REORDER` for how
+  :func:`row_squared_deviation` and :func:`row_sum_and_dot` (see ``floating.py`` for how
   they are allowed to use the vector unit).
 * every element-wise pass walks one channel row ``x[n, c]`` with an index from 0: an index
   that starts elsewhere (``range(k * L, ...)``) makes numba check it for negative values
@@ -27,6 +27,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .floating import REORDER
+
 __all__ = [
     "group_norm_forward",
     "group_norm_backward",
@@ -35,21 +37,6 @@ __all__ = [
     "batch_norm_forward",
     "batch_norm_backward",
 ]
-
-REORDER = {"reassoc", "contract", "nsz"}
-"""The floating-point licences the norm loops are compiled with (numba ``fastmath``).
-
-A sum ``s += p[i]`` written as a loop must, by IEEE rules, add the values one after the
-other; each addition waits for the previous one and the vector unit sits idle.
-``reassoc`` lets the compiler keep several partial sums in one vector register and add
-them together at the end (about 7x faster here); ``contract`` lets it fuse a multiply and
-an add into one FMA; ``nsz`` lets it ignore the sign of zero.  The result is a different,
-equally accurate, rounding of the same float64 sum.  It is still deterministic: the order
-is fixed when the loop is compiled, not chosen at run time, so it does not depend on the
-number of threads.  The licences that would change results on special values (``nnan``,
-``ninf``: assume no NaN or infinity) are deliberately not given, so NaN and infinity
-propagate exactly as without fastmath.
-"""
 
 
 @njit(cache=True, fastmath=REORDER)
