@@ -11,7 +11,7 @@ from minidcn import Tensor, nn
 from minidcn import functional as F
 from minidcn.backends import numba_cpu, reference
 from minidcn.backends.numba_cpu import conv as numba_conv
-from helpers import gradcheck_on, host, on, run
+from helpers import gradcheck_on, host, on, run, tensors
 
 # (B, C_in, C_out, H, W, kh, kw, stride, padding, dilation, groups)
 PLAIN = (2, 2, 2, 4, 4, 3, 3, (1, 1), (1, 1), (1, 1), 1)
@@ -145,6 +145,25 @@ def test_gradcheck(backend_name):
 def test_gradcheck_without_bias(backend):
     arrays, params = arrays_for(EVERYTHING, seed=2, bias=False)
     assert gradcheck_on(backend, conv_of(params), *present(arrays), names=["input", "weight"])
+
+
+def test_a_first_layer_skips_the_input_gradient(backend_name):
+    """An input that needs no gradient gets none, and the weight and bias gradients stay."""
+    case = CUDA_GRADCHECK_CASE if backend_name == "cuda" else EVERYTHING
+    (x, w, b), params = arrays_for(case, seed=3)
+    _, (_, full_w, full_b) = run(backend_name, conv_of(params), x, w, b)
+    with on(backend_name) as device:
+        xt, = tensors(device, x)  # requires_grad=False: the kernel is told to skip grad_x
+        wt, bt = tensors(device, w, b, requires_grad=True)
+        out = F.conv2d(xt, wt, bt, **params)
+        out.backward(Tensor(np.random.default_rng(0).standard_normal(out.shape)).to(device))
+        assert xt.grad is None
+        np.testing.assert_allclose(host(wt.grad), full_w, atol=1e-12)
+        np.testing.assert_allclose(host(bt.grad), full_b, atol=1e-12)
+        ops = minidcn.backends.kernels(device)
+        grad_y = Tensor(np.ones(out.shape)).to(device).data
+        args = (params["stride"], params["padding"], params["dilation"], params["groups"])
+        assert ops.conv2d_backward(grad_y, xt.data, wt.data, *args, need_grad_input=False)[0] is None
 
 
 # ---------------------------------------------------------------- backends agree

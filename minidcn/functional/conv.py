@@ -37,8 +37,9 @@ class Conv2d(Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved
-        grad_x, grad_weight, grad_bias = ctx.ops.conv2d_backward(grad_y, x, weight, *ctx.params)
-        return grad_x, grad_weight, grad_bias
+        # A first layer's input needs no gradient: the kernels then skip its whole pass.
+        return ctx.ops.conv2d_backward(grad_y, x, weight, *ctx.params,
+                                       need_grad_input=ctx.needs_input_grad[0])
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:

@@ -142,15 +142,17 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups):
-    """(grad_x, grad_weight, grad_bias) on the device, each a gather kernel."""
+def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_grad_input=True):
+    """(grad_x, grad_weight, grad_bias) on the device, each a gather kernel; grad_x is None
+    (its kernel is not launched) when ``need_grad_input`` is false."""
     zero = x.dtype.type(0)
-    grad_x = CudaArray.empty(x.shape, x.dtype)
+    grad_x = CudaArray.empty(x.shape, x.dtype) if need_grad_input else None
     grad_weight = CudaArray.empty(weight.shape, x.dtype)
     grad_bias = CudaArray.empty((weight.shape[0],), x.dtype)
-    blocks, threads = grid_for(grad_x.size)
-    conv2d_grad_input_kernel[blocks, threads](grad_y.dev, weight.dev, stride, padding,
-                                              dilation, groups, zero, grad_x.dev)
+    if need_grad_input:
+        blocks, threads = grid_for(grad_x.size)
+        conv2d_grad_input_kernel[blocks, threads](grad_y.dev, weight.dev, stride, padding,
+                                                  dilation, groups, zero, grad_x.dev)
     blocks, threads = grid_for(grad_weight.size)
     conv2d_grad_weight_kernel[blocks, threads](grad_y.dev, x.dev, stride, padding, dilation,
                                                groups, zero, grad_weight.dev)

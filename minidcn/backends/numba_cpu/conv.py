@@ -219,32 +219,43 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups):
-    """(grad_x, grad_weight, grad_bias) of conv2d_forward; see the module docstring."""
+def _phase_gradients(grid, w_t, gy, grad_phases, scratch):
+    """grad_phases = Σ_{u, v} (shifted by (u, v)) w[g, :, :, u, v]ᵀ @ grad_y_grid[g]."""
+    grad_phases.fill(0)
+    for u, v in grid.reads:
+        np.matmul(w_t[u, v], gy, out=scratch)
+        grid.phase_views(grad_phases, u, v, scratch.shape[-1])[...] += scratch
+
+
+def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_grad_input=True):
+    """(grad_x, grad_weight, grad_bias) of conv2d_forward; see the module docstring.
+
+    grad_x is None when ``need_grad_input`` is false: its products are skipped.
+    """
     grad_y, x, weight = (np.ascontiguousarray(a) for a in (grad_y, x, weight))
     grid = _Grid(x.shape, weight.shape, stride, padding, dilation, groups)
     w_t = _weights_by_point(weight, groups).transpose(0, 1, 2, 4, 3)  # (kh, kw, G, C_g, O_g)
     grad_w = np.zeros_like(_weights_by_point(weight, groups))         # (kh, kw, G, O_g, C_g)
-    grad_x = np.empty_like(x)
     chunks = grid.chunks(x.itemsize, backward=True)
     chunk_positions = grid.positions(chunks[0][1])
     phases = np.empty(stride + (grid.channels, chunk_positions + grid.margin), x.dtype)
-    grad_phases = np.empty_like(phases)
     grad_grid = np.empty((grid.out_channels, chunk_positions), x.dtype)
-    scratch_buffer = np.empty((groups, grid.channels // groups, chunk_positions), x.dtype)
+    if need_grad_input:
+        grad_x = np.empty_like(x)
+        grad_phases = np.empty_like(phases)
+        scratch = np.empty((groups, grid.channels // groups, chunk_positions), x.dtype)
     for start, stop in chunks:
         n = grid.positions(stop - start)
-        chunk_phases, chunk_grad_phases = phases[..., :n + grid.margin], grad_phases[..., :n + grid.margin]
+        chunk_phases = phases[..., :n + grid.margin]
         pack_phases(x[start:stop], stride, padding, grid.height, grid.width, chunk_phases)
         output_to_grid(grad_y[start:stop], grid.height, grid.width, grad_grid[:, :n])
         gy = grad_grid[:, :n].reshape(groups, grid.out_channels // groups, n)  # (G, O_g, N)
-        chunk_grad_phases.fill(0)
-        scratch = scratch_buffer[..., :n]
         for u, v in grid.reads:
             grad_w[u, v] += np.matmul(gy, grid.phase_views(chunk_phases, u, v, n).transpose(0, 2, 1))
-            np.matmul(w_t[u, v], gy, out=scratch)
-            grid.phase_views(chunk_grad_phases, u, v, n)[...] += scratch
-        unpack_phases(chunk_grad_phases, stride, padding, grid.height, grid.width, grad_x[start:stop])
+        if need_grad_input:
+            chunk_grad_phases = grad_phases[..., :n + grid.margin]
+            _phase_gradients(grid, w_t, gy, chunk_grad_phases, scratch[..., :n])
+            unpack_phases(chunk_grad_phases, stride, padding, grid.height, grid.width, grad_x[start:stop])
     grad_weight = np.ascontiguousarray(grad_w.transpose(2, 3, 4, 0, 1)).reshape(weight.shape)
     grad_bias = grad_y.sum(axis=(0, 2, 3))
-    return grad_x, grad_weight, grad_bias
+    return (grad_x if need_grad_input else None), grad_weight, grad_bias

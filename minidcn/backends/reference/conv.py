@@ -95,8 +95,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     return y
 
 
-def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups):
-    """(grad_x, grad_weight, grad_bias) of conv2d_forward; see the module docstring."""
+def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_grad_input=True):
+    """(grad_x, grad_weight, grad_bias) of conv2d_forward; see the module docstring.
+
+    grad_x is None when ``need_grad_input`` is false (nothing upstream wants it).
+    """
     grad_y, x, weight = (np.ascontiguousarray(a) for a in (grad_y, x, weight))
     batch = x.shape[0]
     c_out, kernel = weight.shape[0], weight.shape[2:]
@@ -107,7 +110,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups):
     w = weight.reshape(groups, c_out // groups, -1)                              # (G, O_g, K)
 
     grad_weight = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+    grad_bias = grad_y.sum(axis=(0, 2, 3))
+    if not need_grad_input:
+        return None, grad_weight, grad_bias
     grad_cols = np.matmul(w.transpose(0, 2, 1), gy).reshape(cols_shape)
     grad_x = col2im(grad_cols, x.shape, stride, padding, dilation)
-    grad_bias = grad_y.sum(axis=(0, 2, 3))
     return np.ascontiguousarray(grad_x), grad_weight, grad_bias
