@@ -195,9 +195,10 @@ save_figure(fig, "02_im2col_layout.png", __file__)
 # %% [markdown]
 # ## 2b. The same sum without the copies: shifted products
 #
-# im2col writes a matrix kh·kw times the size of the input, then reads it back. On a laptop
-# moving that memory costs more than the arithmetic. The `numba` backend keeps the sum over
-# the kernel points as a sum of kh·kw smaller products, each reading the input where it lies:
+# im2col writes a matrix kh·kw times the size of the input, then reads it back. For a wide
+# layer on a laptop, moving that memory costs more than the arithmetic. The `numba` backend
+# keeps the sum over the kernel points as a sum of kh·kw smaller products, each reading the
+# input where it lies:
 #
 #     y[n] (O × L) = Σ_{u, v}  W[:, :, u, v] (O × C) · (x_pad shifted by (u, v)) (C × L).
 #
@@ -405,8 +406,11 @@ save_figure(fig, "02_conv_timings.png", __file__)
 #   agree to float64 round-off.
 # * im2col turns the sum into one matrix product, trading memory (each pixel copied kh·kw
 #   times) for speed. Shifted products keep kh·kw smaller products and read the input in
-#   place; on a small machine, where memory traffic is the bottleneck, that is the faster of
-#   the two (the `numba` backend).
+#   place (the `numba` backend). Which is faster depends on the layer: with many channels
+#   the column matrix is large and moving it dominates, so shifted products win (the large
+#   shape in the table); with few channels each of the kh·kw products is too small for BLAS
+#   to run well, and the one big im2col product wins (the smaller shapes). Measure before
+#   you believe either.
 # * The deformable convolution of lesson 04 keeps this plan and changes one thing: the column
 #   entry for kernel point k is no longer the pixel at p0 + p_k but the bilinear sample at
 #   p0 + p_k + Δp_k (lesson 03).
