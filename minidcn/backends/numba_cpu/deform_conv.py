@@ -11,8 +11,9 @@ padding (``bilinear.py``).  Here it runs in three steps:
 1. **Deformable im2col** (``_im2row``).  For every output pixel, write one row holding all
    the C_in · kh · kw sampled (and masked) values the output needs.  The sampling corner and
    the four bilinear weights depend on (image, offset group, kernel point, output pixel), not
-   on the channel: they are computed once (``bilinear_weights``) and reused for every channel
-   of the group (``_sampling_point``).  To make that channel loop contiguous, the input is
+   on the channel: they are computed once (``bilinear_weights``, from the offsets read a row
+   at a time by ``_kernel_point_rows``) and reused for every channel of the offset group.
+   To make that channel loop contiguous, the input is
    first copied to channels-last order with a zero border one pixel wide (``_Plan.pad``), so
    the four corners of a point are four contiguous runs of channels and no bounds check is
    needed: the zero border *is* the zero padding.
