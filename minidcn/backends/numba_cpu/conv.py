@@ -206,11 +206,12 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     w = _weights_by_point(weight, groups)
     bias = np.zeros(grid.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
     y = np.empty((grid.batch, grid.out_channels) + grid.out_size, dtype=x.dtype)
-    chunk = grid.chunks(x.itemsize, backward=False)[0][1]
+    chunks = grid.chunks(x.itemsize, backward=False)
+    chunk = chunks[0][1]
     phases = np.empty(stride + (grid.channels, grid.positions(chunk) + grid.margin), x.dtype)
     total = np.empty((groups, grid.out_channels // groups, grid.positions(chunk)), x.dtype)
     term = np.empty_like(total)
-    for start, stop in grid.chunks(x.itemsize, backward=False):
+    for start, stop in chunks:
         n = grid.positions(stop - start)
         pack_phases(x[start:stop], stride, padding, grid.height, grid.width,
                     phases[..., :n + grid.margin])
@@ -239,8 +240,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_g
     """
     grad_y, x, weight = (np.ascontiguousarray(a) for a in (grad_y, x, weight))
     grid = _Grid(x.shape, weight.shape, stride, padding, dilation, groups)
-    w_t = _weights_by_point(weight, groups).transpose(0, 1, 2, 4, 3)  # (kh, kw, G, C_g, O_g)
-    grad_w = np.zeros_like(_weights_by_point(weight, groups))         # (kh, kw, G, O_g, C_g)
+    w = _weights_by_point(weight, groups)    # (kh, kw, G, O_g, C_g)
+    w_t = w.transpose(0, 1, 2, 4, 3)         # (kh, kw, G, C_g, O_g)
+    grad_w = np.zeros_like(w)
     chunks = grid.chunks(x.itemsize, backward=True)
     chunk_positions = grid.positions(chunks[0][1])
     phases = np.empty(stride + (grid.channels, chunk_positions + grid.margin), x.dtype)
