@@ -324,7 +324,7 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
         chunk_grad_xpad = grad_xpad[: end - start]
         chunk_grad_xpad.fill(0)
         _row2im(xpad, offset[start:end], mask[start:end], has_mask, rows, chunk_grad_xpad,
-                grad_offset[start:end], grad_mask[start:end] if has_mask else grad_mask, plan.geometry)
+                grad_offset[start:end], grad_mask[start:end], plan.geometry)
         grad_x[start:end] = chunk_grad_xpad[:, 1:-1, 1:-1, :].transpose(0, 3, 1, 2)
     kh, kw = plan.geometry[:2]
     grad_weight = (grad_weight_t.reshape(groups, kh, kw, plan.per_group, -1)
