@@ -128,6 +128,12 @@ class DeformRoIPool(Module):
             raise TypeError(f"{name}: dtype must be float32 or float64, got {np.dtype(dtype)}")
         rng = pick_generator(generator)
         bins = self.output_size[0] * self.output_size[1]
+        widths = (in_channels * bins,) + self.hidden + (2 * bins,)
+        largest = max(a * b for a, b in zip(widths, widths[1:]))  # exact: Python ints
+        if largest * np.dtype(dtype).itemsize >= 2**63:
+            raise ValueError(f"{name}: output_size {self.output_size} with in_channels="
+                             f"{in_channels} and hidden={self.hidden} makes a head weight of "
+                             f"{largest:.3g} entries; an array holds less than 2**63 bytes")
         self.offset_fc = self._head(in_channels * bins, 2 * bins, rng, dtype)
         self.mask_fc = Sequential(*self._head(in_channels * bins, bins, rng, dtype),
                                   Sigmoid()) if modulated else None
