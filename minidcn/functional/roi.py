@@ -144,12 +144,12 @@ def _scale(fn, spatial_scale) -> float:
 def _output_size(fn, output_size, x: Tensor, rois: Tensor, position_sensitive=False):
     """(ph, pw), each >= 1, small enough that the (K, C_out, ph, pw) output can exist."""
     ph, pw = pair(fn, "output_size", output_size, 1)
-    channels = x.shape[1] // (ph * pw) if position_sensitive else x.shape[1]
-    nbytes = max(rois.shape[0], 1) * max(channels, 1) * ph * pw * x.dtype.itemsize  # Python ints
+    channels = max(x.shape[1] // (ph * pw) if position_sensitive else x.shape[1], 1)
+    nbytes = max(rois.shape[0], 1) * channels * ph * pw * x.dtype.itemsize  # Python ints
     if nbytes >= 2**63:
-        raise ValueError(f"{fn}: output_size {(ph, pw)} would make an output of {nbytes:.3g} "
-                         f"bytes for {rois.shape[0]} rois and {channels} channels; an array "
-                         f"holds less than 2**63")
+        raise ValueError(f"{fn}: output_size {(ph, pw)} would make an output of about "
+                         f"2**{nbytes.bit_length() - 1} bytes for {rois.shape[0]} rois and "
+                         f"{channels} channels; an array holds less than 2**63")
     return ph, pw
 
 

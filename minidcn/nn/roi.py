@@ -133,7 +133,8 @@ class DeformRoIPool(Module):
         if largest * np.dtype(dtype).itemsize >= 2**63:
             raise ValueError(f"{name}: output_size {self.output_size} with in_channels="
                              f"{in_channels} and hidden={self.hidden} makes a head weight of "
-                             f"{largest:.3g} entries; an array holds less than 2**63 bytes")
+                             f"about 2**{largest.bit_length() - 1} entries; an array holds "
+                             f"less than 2**63 bytes")
         self.offset_fc = self._head(in_channels * bins, 2 * bins, rng, dtype)
         self.mask_fc = Sequential(*self._head(in_channels * bins, bins, rng, dtype),
                                   Sigmoid()) if modulated else None
