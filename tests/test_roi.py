@@ -454,6 +454,10 @@ OFFSET = np.zeros((2, 2, 2, 2))
      "output_size (1099511627776, 1099511627776) would make an output of"),
     (lambda: F.deform_ps_roi_pool(X, ROIS, None, 2**40), ValueError, "output_size"),
     (lambda: F.roi_pool(X, ROIS, 2**600), ValueError, "an output of about 2**1206 bytes"),
+    (lambda: F.roi_align(X, ROIS, 10**5000), ValueError,
+     "output_size (about 2**16609, about 2**16609)"),  # more digits than Python prints
+    (lambda: F.roi_align(X, ROIS, 2, sampling_ratio=10**5000), ValueError,
+     "sampling_ratio=about 2**16609 takes about 2**33219 samples per bin"),
     (lambda: F.roi_align(X, ROIS, (1, 2**62), sampling_ratio=2), ValueError, "output_size"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(call, error, text):

@@ -116,6 +116,8 @@ def test_parameters_state_dict_and_lr_mult():
     (lambda: nn.DeformRoIPool(2, 1.0, 0, 0.1, 2**62, hidden=()), ValueError,
      "in_channels=4611686018427387904"),
     (lambda: nn.DeformRoIPool(2**600, 1.0, 0, 0.1, 1), ValueError, "about 2**1209 entries"),
+    (lambda: nn.DeformRoIPool(10**5000, 1.0, 0, 0.1, 1), ValueError,
+     "output_size (about 2**16609, about 2**16609)"),
 ])
 def test_bad_layer_arguments(make, error, text):
     with pytest.raises(error) as info:

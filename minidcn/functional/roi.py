@@ -141,14 +141,20 @@ def _scale(fn, spatial_scale) -> float:
     return scale
 
 
+def _shown(n: int) -> str:
+    """An int for a message: exact up to 2**64, else its power of two (Python refuses to
+    print ints of more than 4300 digits)."""
+    return str(n) if abs(n) < 2**64 else f"about 2**{n.bit_length() - 1}"
+
+
 def _output_size(fn, output_size, x: Tensor, rois: Tensor, position_sensitive=False):
     """(ph, pw), each >= 1, small enough that the (K, C_out, ph, pw) output can exist."""
     ph, pw = pair(fn, "output_size", output_size, 1)
     channels = max(x.shape[1] // (ph * pw) if position_sensitive else x.shape[1], 1)
     nbytes = max(rois.shape[0], 1) * channels * ph * pw * x.dtype.itemsize  # Python ints
     if nbytes >= 2**63:
-        raise ValueError(f"{fn}: output_size {(ph, pw)} would make an output of about "
-                         f"2**{nbytes.bit_length() - 1} bytes for {rois.shape[0]} rois and "
+        raise ValueError(f"{fn}: output_size ({_shown(ph)}, {_shown(pw)}) would make an "
+                         f"output of {_shown(nbytes)} bytes for {rois.shape[0]} rois and "
                          f"{channels} channels; an array holds less than 2**63")
     return ph, pw
 
@@ -181,8 +187,9 @@ def _check_samples_per_bin(fn, boxes, output_size, spatial_scale, sampling_ratio
     and take no samples)."""
     if sampling_ratio > 0:
         if sampling_ratio**2 > MAX_SAMPLES_PER_BIN:
-            raise ValueError(f"{fn}: sampling_ratio={sampling_ratio} takes {sampling_ratio**2} "
-                             f"samples per bin, more than {MAX_SAMPLES_PER_BIN}")
+            raise ValueError(f"{fn}: sampling_ratio={_shown(sampling_ratio)} takes "
+                             f"{_shown(sampling_ratio**2)} samples per bin, more than "
+                             f"{MAX_SAMPLES_PER_BIN}")
         return
     if boxes.shape[0] == 0:
         return
