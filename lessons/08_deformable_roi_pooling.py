@@ -380,7 +380,7 @@ for ax, key in ((ax_area, "area in box"), (ax_dist, "distance to ideal (px)")):
                "distance to ideal (px)": "mean distance of the bin centres to the true box's"}[key]
     ax.set_title(f"{key}: {meaning}\n" + ("bin centres; " if "distance" in key else "")
                  + "one dot per held-out RoI", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left" if key == "area in box" else "upper right")
+    ax.legend(fontsize=8, loc="lower right" if key == "area in box" else "upper left")
 fig.tight_layout()
 fig.colorbar(dots, ax=[ax_area, ax_dist], fraction=0.03, label="dot colour: IoU of the proposal")
 save_figure(fig, "08_coverage.png", __file__)
