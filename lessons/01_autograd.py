@@ -261,7 +261,8 @@ ax_graph.set_title("L = (x·y + x)²: values, ops and gradients")
 ax_graph.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc="#f5e6c8", ec="black", label="leaf (an input)"),
                          plt.Rectangle((0, 0), 1, 1, fc="#dde8f5", ec="black",
                                        label="made by an op (its Function's name)"),
-                         plt.Line2D([], [], color="0.3", marker=">", label="input → the tensor made from it")],
+                         plt.Line2D([], [], color="0.3", marker=">",
+                                    label="input → the tensor made from it")],
                 loc="lower right", fontsize=8, title="box: name = value, op, dL/d(name)",
                 title_fontsize=8)
 for dtype, style in ((np.float64, "o-"), (np.float32, "s--")):

@@ -358,8 +358,8 @@ for row, (name, r) in zip(axes, results.items()):
     ax_window.set_xlim(window_centre[1] - 5.5, window_centre[1] + 5.5)
     ax_window.set_ylim(window_centre[0] + 5.5, window_centre[0] - 5.5)
 
-    viz.show_image(ax_image, image, "x close up (5×5 px around p0):\nlearned sampling points and their paths",
-                   vmin=0, vmax=1)
+    viz.show_image(ax_image, image, "x close up (5×5 px around p0):\n"
+                   "learned sampling points and their paths", vmin=0, vmax=1)
     paths = p0 + unit_points + r["history"]  # (steps + 1, 9, 2)
     for k in range(9):
         ax_image.plot(paths[:, k, 1], paths[:, k, 0], color="deepskyblue", lw=0.8)
@@ -380,7 +380,8 @@ for row, (name, r) in zip(axes, results.items()):
     ax_kernel.set_aspect("equal")
     ax_kernel.set_xlabel("x (px)")
     ax_kernel.set_ylabel("y (px)")
-    ax_kernel.set_title(f"offset of each kernel point, arrows to scale;\nmax error {r['distance'].max():.1e} px",
+    ax_kernel.set_title("offset of each kernel point, arrows to scale;\n"
+                        f"max error {r['distance'].max():.1e} px",
                         fontsize=9)
     ax_kernel.legend(fontsize=8, loc="lower right")
 

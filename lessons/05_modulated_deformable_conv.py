@@ -320,7 +320,8 @@ for i in range(4):
                     linewidths=1.0)  # where the nine points are, whatever their mask
     points_shown = viz.draw_points(ax, unit_points, unit_masks, size=POINT_SIZE, cmap="plasma")
     for (py, px), value in zip(unit_points, unit_masks):
-        ax.text(px, py + 0.75, f"{value:.2f}", ha="center", va="top", fontsize=7, color="cyan")
+        ax.text(px, py + 0.75, f"{value:.2f}", ha="center", va="top", fontsize=7, color="cyan",
+                bbox={"fc": "black", "alpha": 0.6, "pad": 0.4, "lw": 0})
     # the close-up: 13×13 pixels around the unit, moved inside the image where the unit is near
     # its border (so that nothing outside the image shows)
     cy, cx = (int(np.clip(v, ZOOM, IMAGE_SIZE - 1 - ZOOM)) for v in (uy, ux))

@@ -356,8 +356,8 @@ fig = bin_examples(
                                           f"{area_in_box(bins_after, n):.2f}",
       f"after training: each bin moved by its learned offset γ·Δp̂·(w, h) (dot: bin centre)")],
     f"deformable RoI pooling on {len(shown)} held-out scenes ({IMAGE}×{IMAGE} px), each drawn twice:\n"
-    "bins before and after training the offset head; area in box = fraction of the bins' area\n"
-    "inside the true box")
+    "the bins before and after training the offset head\n"
+    "(area in box: the fraction of the bins' area inside the true box)")
 save_figure(fig, "08_deformable_roi_bins.png", __file__)
 
 # %%
@@ -376,10 +376,10 @@ for ax, key in ((ax_area, "area in box"), (ax_dist, "distance to ideal (px)")):
     ax.plot(limits, limits, "k--", lw=0.8, label="no change (learned = RoIAlign)")
     ax.set_xlabel(f"{key}, RoIAlign bins (before)")
     ax.set_ylabel(f"{key}, learned bins (after)")
-    meaning = {"area in box": "the fraction of the bins' area inside the true box",
-               "distance to ideal (px)": "mean distance of the bin centres to the true box's"}[key]
-    ax.set_title(f"{key}: {meaning}\n" + ("bin centres; " if "distance" in key else "")
-                 + "one dot per held-out RoI", fontsize=9)
+    ax.set_title({"area in box": "area in box: the fraction of the bins' area\ninside the true box; "
+                                 "one dot per held-out RoI",
+                  "distance to ideal (px)": "distance to ideal: mean distance from each bin's\ncentre "
+                                            "to the true box's bin centre; a dot per RoI"}[key], fontsize=9)
     ax.legend(fontsize=8, loc="lower right" if key == "area in box" else "upper left")
 fig.tight_layout()
 fig.colorbar(dots, ax=[ax_area, ax_dist], fraction=0.03, label="dot colour: IoU of the proposal")

@@ -254,7 +254,8 @@ for n in sorted({n for _, _, n in resnet_stage5}):
     bottom.annotate(", ".join(kernels_of_n), (n, passes), fontsize=7, rotation=30, xytext=(3, 3),
                     textcoords="offset points")
 bottom.axvline(MAX_BLOCKS * THREADS_PER_BLOCK, color="gray", lw=0.8,
-               label=f"n = {MAX_BLOCKS} blocks × {THREADS_PER_BLOCK} = {MAX_BLOCKS * THREADS_PER_BLOCK:,}")
+               label=f"n = {MAX_BLOCKS} blocks × {THREADS_PER_BLOCK} "
+                     f"= {MAX_BLOCKS * THREADS_PER_BLOCK:,}")
 bottom.set_xlabel("n, the items of one launch")
 bottom.set_ylabel("threads launched, or passes\n(both log scale)")
 bottom.set_title("grid_for(n): the grid grows with n up to 4096 blocks of 128 threads, "
