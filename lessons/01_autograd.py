@@ -266,7 +266,7 @@ ax_eps.set_title("central differences: truncation vs rounding")
 ax_eps.invert_xaxis()
 ax_eps.legend()
 ax_eps.grid(True, which="both", alpha=0.3)
-figure = save_figure(fig, "01_autograd.png", __file__)
+figure = save_figure(fig, "01_autograd.png")
 check(figure.stat().st_size > 0, "the figure was written")
 
 # %% [markdown]

@@ -43,9 +43,6 @@ print("NUMBA_ENABLE_CUDASIM =", os.environ.get("NUMBA_ENABLE_CUDASIM", "(unset: 
 # %%
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -190,7 +187,7 @@ ax_cols.set_xticks(range(4), [f"({i},{j})" for i, j in np.ndindex(2, 2)])
 ax_cols.set_yticks(range(18), [f"c{c} u{u} v{v}" for c, u, v in np.ndindex(2, 3, 3)], fontsize=7)
 ax_cols.set_xlabel("column l = output pixel (i, j)")
 ax_cols.set_title("cols = im2col(x): K × L\ny (O × L) = W (O × K) · cols")
-save_figure(fig, "02_im2col_layout.png", __file__)
+save_figure(fig, "02_im2col_layout.png")
 
 # %% [markdown]
 # ## 2b. The same sum without the copies: shifted products
@@ -397,7 +394,7 @@ ax.set_ylabel("best time (ms, log scale)")
 ax.set_title("conv2d forward, float32, 3×3 kernel, padding 1 (measured in this run)")
 ax.legend(fontsize=8)
 ax.set_ylim(top=ax.get_ylim()[1] * 20)
-save_figure(fig, "02_conv_timings.png", __file__)
+save_figure(fig, "02_conv_timings.png")
 
 # %% [markdown]
 # ## What to take away

@@ -20,9 +20,6 @@
 # `(y, x)` pixel indices: row 0 and column 0 are the centres of the first pixels.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -98,7 +95,7 @@ ax.set_xlabel("q_x")
 ax.set_ylabel("q_y")
 ax.set_title(f"G(q, p) over pixels q, p = ({p[0]:.2f}, {p[1]:.2f}) (red ×)")
 fig.colorbar(shown, ax=ax, fraction=0.046)
-save_figure(fig, "03_bilinear_kernel.png", __file__)
+save_figure(fig, "03_bilinear_kernel.png")
 
 # %% [markdown]
 # ## 2. Sampling a real image at fractional points
@@ -172,7 +169,7 @@ viz.show_image(axes[0], photo, "the image (150×128), crop in red", vmin=0, vmax
 viz.draw_box(axes[0], [crop_x, crop_y, crop_x + crop, crop_y + crop], color="tab:red")
 viz.show_image(axes[1], nearest_zoom, f"nearest pixel, ×{zoom}", vmin=0, vmax=1)
 viz.show_image(axes[2], bilinear_zoom, f"bilinear_sample on a ×{zoom} grid", vmin=0, vmax=1)
-save_figure(fig, "03_fractional_sampling.png", __file__)
+save_figure(fig, "03_fractional_sampling.png")
 
 # %% [markdown]
 # ## 3. The gradient with respect to the position
@@ -237,7 +234,7 @@ for ax, image, points, grad, title in panels:
     factor = 1.5 / np.percentile(np.linalg.norm(grad, axis=-1), 99)
     viz.show_image(ax, image, f"{title}: ∂x(p)/∂p by autograd, arrows × {factor:.1f}", vmin=0, vmax=1)
     viz.draw_offsets(ax, points, factor * grad, color="tab:orange", width=0.004)
-save_figure(fig, "03_position_gradient.png", __file__)
+save_figure(fig, "03_position_gradient.png")
 
 # %% [markdown]
 # ### Why offsets can be learned
@@ -314,7 +311,7 @@ ax_loss.set_xlabel("step")
 ax_loss.set_ylabel("L")
 ax_loss.set_title("loss during descent")
 fig.tight_layout()
-save_figure(fig, "03_learning_a_shift.png", __file__)
+save_figure(fig, "03_learning_a_shift.png")
 
 # %% [markdown]
 # ## 4. At integer coordinates: one-sided, toward +1
@@ -385,7 +382,7 @@ ax.set_xlabel("y (pixels)")
 ax.set_ylabel("sampled value")
 ax.set_title(f"the corner at the pixel centre y0 = {y_star}")
 ax.legend(fontsize=8)
-save_figure(fig, "03_integer_convention.png", __file__)
+save_figure(fig, "03_integer_convention.png")
 
 # %% [markdown]
 # ## What to take away

@@ -24,9 +24,6 @@
 # down, so a positive dy moves a point down the page.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -160,7 +157,7 @@ for ax, (name, offsets) in zip(axes[1:], deformations.items()):
 fig.suptitle(f"DCN Figure 1 on a photograph: 3×3 grid with dilation {DILATION}; offsets of (c) and "
              "(d) computed from the transformation, of (b) drawn at random", fontsize=11)
 fig.tight_layout()
-save_figure(fig, "04_figure1_sampling_grids.png", __file__)
+save_figure(fig, "04_figure1_sampling_grids.png")
 
 # %% [markdown]
 # ## 2. With zero offsets, a deformable convolution is a convolution
@@ -382,7 +379,7 @@ for row, (name, r) in zip(axes, results.items()):
     ax_error.set_title("distance to the true offsets", fontsize=9)
     ax_error.legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "04_learned_offsets.png", __file__)
+save_figure(fig, "04_learned_offsets.png")
 
 # %% [markdown]
 # ## What to take away

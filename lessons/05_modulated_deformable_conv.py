@@ -20,9 +20,6 @@
 # Run it with `minidcn lesson 5` or `python lessons/05_modulated_deformable_conv.py`.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -120,7 +117,7 @@ viz.show_image(axes.flat[13], v1.numpy()[0, 0], "mask = 1 (DCN v1)", cmap="coolw
                vmin=-limit, vmax=limit)
 fig.suptitle("the mask weights each sampling point's contribution, pixel by pixel", fontsize=11)
 fig.tight_layout()
-save_figure(fig, "05_mask_is_a_weight.png", __file__)
+save_figure(fig, "05_mask_is_a_weight.png")
 
 # %% [markdown]
 # ## 2. Learning to ignore distractors
@@ -333,7 +330,7 @@ ax_loss.set_xlabel("Adam step")
 ax_loss.set_ylabel("training mean squared error")
 ax_loss.legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "05_learned_masks.png", __file__)
+save_figure(fig, "05_learned_masks.png")
 
 # %% [markdown]
 # ## What to take away

@@ -23,9 +23,6 @@
 # %%
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
@@ -100,7 +97,7 @@ for col in range(6):
     viz.show_image(axes[1, col], test_targets[col], cmap="tab20", vmin=0, vmax=19,
                    title="target map (12×12)")
 fig.suptitle("test scenes (top) and the units' targets: background or the digit (bottom)")
-save_figure(fig, "07_data.png", __file__)
+save_figure(fig, "07_data.png")
 
 # %% [markdown]
 # ## 2. The network: a plain stem, then three stacked 3×3 deformable layers
@@ -360,7 +357,7 @@ for col, (name, scene, points, unit) in enumerate(panels):
 fig.suptitle("729 sampling locations of three stacked 3×3 deformable layers (top) "
              "against regular convolutions (bottom)")
 fig.tight_layout()
-save_figure(fig, "07_receptive_field.png", __file__)
+save_figure(fig, "07_receptive_field.png")
 
 # %% [markdown]
 # ## 5. Does the spread adapt to the object's size?
@@ -421,7 +418,7 @@ ax.set_ylabel("spread of the 729 points (px)")
 ax.set_title(f"large / small objects: spread ratio {ratio:.2f}")
 ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
-save_figure(fig, "07_spread.png", __file__)
+save_figure(fig, "07_spread.png")
 
 # %% [markdown]
 # ## What we saw

@@ -40,9 +40,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
@@ -331,7 +328,7 @@ for column, n in enumerate(shown):
 fig.suptitle("deformable RoI pooling: k×k bins before (RoIAlign over the proposal) and after "
              "training the offset head; true box in green", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "08_deformable_roi_bins.png", __file__)
+save_figure(fig, "08_deformable_roi_bins.png")
 
 # %%
 fig, (ax_curve, ax_area, ax_dist) = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -352,7 +349,7 @@ for ax, key in ((ax_area, "area in box"), (ax_dist, "distance to ideal (px)")):
     ax.set_title(f"{key}: one dot per held-out RoI", fontsize=9)
 fig.tight_layout()
 fig.colorbar(dots, ax=[ax_area, ax_dist], fraction=0.03, label="IoU of the proposal")
-save_figure(fig, "08_coverage.png", __file__)
+save_figure(fig, "08_coverage.png")
 
 # %% [markdown]
 # ## 5. The position-sensitive variant (R-FCN)
@@ -546,7 +543,7 @@ fig.suptitle(f"mini R-FCN, deformable PS RoI pooling with {PS_K}×{PS_K} bins: z
              f"and learned offsets (bottom); held-out accuracy {accuracy_fixed:.2f} vs "
              f"{accuracy_learned:.2f}", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "08_ps_roi_bins.png", __file__)
+save_figure(fig, "08_ps_roi_bins.png")
 
 # %% [markdown]
 # ## What to take away

@@ -72,8 +72,6 @@ import math
 import re
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
@@ -252,7 +250,7 @@ bottom.set_xlabel("n, the items of one launch")
 bottom.set_title("grid_for(n): the grid grows with n up to 4096 blocks, then threads loop "
                  "(red: passes of the kernels of a ResNet-50 stage-5 DCN layer)", fontsize=9)
 bottom.legend(fontsize=8)
-save_figure(fig, "10_thread_map.png", __file__)
+save_figure(fig, "10_thread_map.png")
 
 # %% [markdown]
 # ## 2. Why the backward pass needs atomics
@@ -389,7 +387,7 @@ ax_count.plot(qx_busy, qy_busy, "s", mfc="none", mec="white", ms=13, mew=2)
 shown = viz.show_image(ax_plain, plain_counts[0, 0], cmap="magma", vmin=0, vmax=counts.max(),
                        title="zero offsets (plain 3×3 grid): additions per input pixel")
 fig.colorbar(shown, ax=ax_plain, fraction=0.046)
-save_figure(fig, "10_atomic_collisions.png", __file__)
+save_figure(fig, "10_atomic_collisions.png")
 
 # %% [markdown]
 # ## 3. Atomics fix the race, not the order
@@ -521,7 +519,7 @@ shown = viz.show_image(ax_orders, between, cmap="coolwarm", vmin=-np.abs(between
                              "atomic additions:\ndifference / max |grad_x|, in units of 1e-7 "
                              f"({100 * np.mean(between != 0):.0f}% of the entries differ)")
 fig.colorbar(shown, ax=ax_orders, fraction=0.046)
-save_figure(fig, "10_summation_order.png", __file__)
+save_figure(fig, "10_summation_order.png")
 
 # %% [markdown]
 # ## 4. The CPU backend is deterministic by construction
@@ -714,7 +712,7 @@ ax.set_ylabel("max |cuda - cpu|")
 ax.set_title("the cuda backend" + (" (simulated)" if SIMULATED else " (GPU)")
              + " against the numba CPU backend, float64", fontsize=9)
 ax.legend(fontsize=8)
-save_figure(fig, "10_cuda_agreement.png", __file__)
+save_figure(fig, "10_cuda_agreement.png")
 
 # %% [markdown]
 # ## What to take away
