@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                            "--out figures regenerates the committed figures of a checkout)")
     one = sub.add_parser("lesson", parents=[runs], help="run one lesson")
     one.add_argument("number", type=int, help="the lesson's number, as listed by 'minidcn lessons'")
-    sub.add_parser("tour", parents=[runs], help="run every lesson in order")
+    tour = sub.add_parser("tour", parents=[runs], help="run every lesson in order")
+    for command in (one, tour):
+        command.set_defaults(usage=command)  # so that errors show the command's own usage
     # main() hands "bench ..." to the benchmark's own parser; listed here for --help.
     sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N]")
     return parser
@@ -62,14 +64,14 @@ def main(argv=None) -> int:
         print(f"minidcn lesson: there is no lesson {args.number}; available: {available}",
               file=sys.stderr)
         return 2
-    out = _output_dir(parser, args)
+    out = _output_dir(args)
     print(f"minidcn {args.command}: figures and files go to {out}", flush=True)
     if args.command == "lesson":
         return _run(lessons[args.number], args.quick, out)
     return _tour(lessons, args.quick, out)
 
 
-def _output_dir(parser, args) -> Path:
+def _output_dir(args) -> Path:
     """The run's output folder (--out, else $MINIDCN_FIGURES, else the scratch folder),
     created and tested for writing; a usage error (exit 2) if it cannot be written to."""
     given = os.environ.get("MINIDCN_FIGURES")
@@ -77,8 +79,9 @@ def _output_dir(parser, args) -> Path:
     try:
         return lessons_support.prepare_output_dir(out.resolve())
     except OSError as error:
-        named = "--out" if args.out else ("MINIDCN_FIGURES" if given else "the scratch folder")
-        parser.error(f"{named} {str(out)!r} cannot be used as the output folder: {error}")
+        named = ("--out" if args.out else "MINIDCN_FIGURES" if given
+                 else "the scratch folder (name another with --out DIR)")
+        args.usage.error(f"{named}: {error}")
 
 
 def _list(lessons) -> int:
