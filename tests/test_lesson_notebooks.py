@@ -10,9 +10,12 @@ run the same files as scripts, are tested in tests/test_cli.py.)
 
 The kernel inherits this process's environment, set before it starts: quick mode, the output
 folder (a tmp dir), the checkout on PYTHONPATH (so the kernel imports the minidcn under test,
-not an installed copy) and the passive thread settings of ``minidcn lesson``.
+not an installed copy) and the passive thread settings of ``minidcn lesson``.  Its kernelspec
+is written for the test, on JUPYTER_PATH, and runs this very Python: a ``python3`` kernelspec
+of the user's or the system's, which may name another interpreter, cannot get in the way.
 """
 
+import json
 import os
 import re
 import sys
@@ -68,6 +71,12 @@ def test_lesson_runs_as_a_notebook_with_inline_figures(number, tmp_path, monkeyp
     monkeypatch.setenv("MINIDCN_FIGURES", str(out))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel picks its own, as in Jupyter
+    kernelspec = tmp_path / "jupyter" / "kernels" / "python3"
+    kernelspec.mkdir(parents=True)
+    (kernelspec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (minidcn tests)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     for name, value in THREAD_ENVIRONMENT.items():
         monkeypatch.setenv(name, os.environ.get(name, value))
 
