@@ -22,7 +22,7 @@ import numpy as np
 import minidcn
 from minidcn import Tensor
 from minidcn.function import Function
-from minidcn.lessons_support import check, quick, save_figure
+from minidcn.lessons_support import check, figures_dir, quick, save_figure
 from minidcn.tensor import _topological_order
 
 # %% [markdown]
@@ -266,8 +266,8 @@ ax_eps.set_title("central differences: truncation vs rounding")
 ax_eps.invert_xaxis()
 ax_eps.legend()
 ax_eps.grid(True, which="both", alpha=0.3)
-figure = save_figure(fig, "01_autograd.png")
-check(figure.stat().st_size > 0, "the figure was written")
+save_figure(fig, "01_autograd.png")
+check((figures_dir() / "01_autograd.png").stat().st_size > 0, "the figure was written")
 
 # %% [markdown]
 # ## Where next

@@ -152,9 +152,12 @@ def _mark_quick_run(fig, room_above: bool) -> None:
         fig.suptitle(f"{QUICK_TITLE} ({QUICK_NOTE})")
 
 
-def save_figure(fig, name: str) -> Path:
+def save_figure(fig, name: str) -> None:
     """Save a matplotlib figure as ``name`` in :func:`figures_dir`, print the path, then show
-    it inline under Jupyter, and close it.  A quick run's figure says so in its title."""
+    it inline under Jupyter, and close it.  A quick run's figure says so in its title.
+
+    Returns None, so that a notebook cell ending in ``save_figure(...)`` shows the figure and
+    no ``Out[...]`` line; the file is ``figures_dir() / name``."""
     import matplotlib.pyplot as plt
 
     _mark_quick_run(fig, room_above=True)
@@ -163,13 +166,12 @@ def save_figure(fig, name: str) -> Path:
     plt.close(fig)
     print(f"wrote {path}")
     _show_file(path)
-    return path
 
 
-def save_gif(figures, name: str, fps: float = 4.0) -> Path:
+def save_gif(figures, name: str, fps: float = 4.0) -> None:
     """Write matplotlib figures (any iterable, taken one at a time) as the frames of the GIF
     ``name`` in :func:`figures_dir`, closing each; under Jupyter, show the GIF inline.  A quick
-    run's frames say so in their title."""
+    run's frames say so in their title.  Returns None, as :func:`save_figure` does."""
     from . import viz
 
     def frames():
@@ -180,7 +182,6 @@ def save_gif(figures, name: str, fps: float = 4.0) -> Path:
     path = figures_dir() / name
     viz.save_gif(list(frames()), path, fps=fps)
     _show_file(path)
-    return path
 
 
 def check(condition, message: str) -> None:

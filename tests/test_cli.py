@@ -155,8 +155,9 @@ def test_save_figure_writes_closes_and_marks_a_quick_run(tmp_path, monkeypatch, 
     titled, untitled = plt.figure(), plt.figure()
     titled.suptitle("the title")
     for fig, name in ((titled, "01_a.png"), (untitled, "01_b.png")):
-        path = lessons_support.save_figure(fig, name)
-        assert path == tmp_path / name and path.read_bytes()[:4] == b"\x89PNG"
+        assert lessons_support.save_figure(fig, name) is None
+        path = tmp_path / name
+        assert path.read_bytes()[:4] == b"\x89PNG"
         assert not plt.fignum_exists(fig.number)
         assert f"wrote {path}" in capsys.readouterr().out
     if quick_run:
@@ -165,8 +166,8 @@ def test_save_figure_writes_closes_and_marks_a_quick_run(tmp_path, monkeypatch, 
     else:
         assert titled._suptitle.get_text() == "the title" and untitled._suptitle is None
     frames = [plt.figure() for _ in range(2)]
-    gif = lessons_support.save_gif(iter(frames), "01_c.gif", fps=2)
-    assert gif.read_bytes()[:4] == b"GIF8"
+    lessons_support.save_gif(iter(frames), "01_c.gif", fps=2)
+    assert (tmp_path / "01_c.gif").read_bytes()[:4] == b"GIF8"
     assert not any(plt.fignum_exists(fig.number) for fig in frames)
 
 
