@@ -43,9 +43,6 @@ print("NUMBA_ENABLE_CUDASIM =", os.environ.get("NUMBA_ENABLE_CUDASIM", "(unset: 
 # %%
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -201,7 +198,7 @@ for tick, colour in zip(ax_cols.get_xticklabels(), window_colours):
     tick.set_color(colour)
 ax_cols.set_title("cols = im2col(x): K × L; y (O × L) = W (O × K) · cols\n"
                   "row k: channel c, kernel point (u, v)", fontsize=10)
-save_figure(fig, "02_im2col_layout.png", __file__)
+save_figure(fig, "02_im2col_layout.png")
 
 # %% [markdown]
 # ## 2b. The same sum without the copies: shifted products
@@ -411,7 +408,7 @@ ax.set_ylabel("best time (ms, log scale; the number on each bar)")
 ax.set_title("conv2d forward, float32, 3×3 kernel, padding 1 (measured in this run)")
 ax.legend(fontsize=8)
 ax.set_ylim(top=ax.get_ylim()[1] * 20)
-save_figure(fig, "02_conv_timings.png", __file__)
+save_figure(fig, "02_conv_timings.png")
 
 # %% [markdown]
 # ## What to take away

@@ -20,9 +20,6 @@
 # `(y, x)` pixel indices: row 0 and column 0 are the centres of the first pixels.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -103,7 +100,7 @@ ax.set_title(f"the weight of every pixel q for one random p (red ×),\n"
              f"p = (y, x) = ({p[0]:.2f}, {p[1]:.2f}); cell colour and number: G(q, p)", fontsize=10)
 fig.colorbar(shown, ax=ax, fraction=0.046, label="weight G(q, p)")
 fig.subplots_adjust(wspace=0.35)
-save_figure(fig, "03_bilinear_kernel.png", __file__)
+save_figure(fig, "03_bilinear_kernel.png")
 
 # %% [markdown]
 # ## 2. Sampling a real image at fractional points
@@ -181,7 +178,7 @@ viz.show_image(axes[1], nearest_zoom, f"the crop, nearest pixel, {zoom} samples 
 shown = viz.show_image(axes[2], bilinear_zoom, f"the crop, bilinear_sample, {zoom} samples per pixel",
                        vmin=0, vmax=1)
 fig.colorbar(shown, ax=axes, fraction=0.02, label="grey value (0 black, 1 white)")
-save_figure(fig, "03_fractional_sampling.png", __file__)
+save_figure(fig, "03_fractional_sampling.png")
 
 # %% [markdown]
 # ## 3. The gradient with respect to the position
@@ -257,7 +254,7 @@ for ax, image, points, grad, title in panels:
                  f"grey value per pixel, drawn {factor * reference:.1f} px long",
                  labelpos="E", coordinates="data", fontproperties={"size": 9})
 fig.colorbar(shown, ax=axes, fraction=0.02, label="grey value x (0 black, 1 white)")
-save_figure(fig, "03_position_gradient.png", __file__)
+save_figure(fig, "03_position_gradient.png")
 
 # %% [markdown]
 # ### Why offsets can be learned
@@ -335,7 +332,7 @@ ax_loss.set_xlabel("gradient-descent step")
 ax_loss.set_ylabel("L, mean squared difference (grey value²)")
 ax_loss.set_title(f"L during descent: {losses[0]:.1e} → {losses[-1]:.1e}", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "03_learning_a_shift.png", __file__)
+save_figure(fig, "03_learning_a_shift.png")
 
 # %% [markdown]
 # ## 4. At integer coordinates: one-sided, toward +1
@@ -407,7 +404,7 @@ ax.set_xlabel(f"y (pixels), along column x = {x_star}")
 ax.set_ylabel("sampled grey value (0 black, 1 white)")
 ax.set_title(f"the corner at the pixel centre y0 = {y_star}")
 ax.legend(fontsize=8)
-save_figure(fig, "03_integer_convention.png", __file__)
+save_figure(fig, "03_integer_convention.png")
 
 # %% [markdown]
 # ## What to take away

@@ -24,9 +24,6 @@
 # down, so a positive dy moves a point down the page.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -168,7 +165,7 @@ fig.legend(handles=key, loc="outside lower center", ncol=1, fontsize=9)
 fig.suptitle(f"DCN Figure 1 on a {height}×{width} px photograph patch: a 3×3 grid with dilation "
              f"{DILATION}\noffsets of (c) and (d) computed from the transformation, of (b) drawn at random",
              fontsize=10)
-save_figure(fig, "04_figure1_sampling_grids.png", __file__)
+save_figure(fig, "04_figure1_sampling_grids.png")
 
 # %% [markdown]
 # ## 2. With zero offsets, a deformable convolution is a convolution
@@ -316,8 +313,8 @@ for name, T in transforms.items():
     learned = learned_points - pixels.reshape(1, SIZE, SIZE, 2) - unit_points[:, None, None, :]
     distance = np.linalg.norm(learned - true_offsets[:, None, None, :], axis=-1)
     start = np.linalg.norm(true_offsets, axis=-1)
-    print(f"  true offsets   (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in true_offsets))
-    print(f"  learned offsets (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in history[-1]))
+    print("  true offsets   (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in true_offsets))
+    print("  learned offsets (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in history[-1]))
     print(f"  loss {losses[0]:.2e} -> {losses[-1]:.2e} after {STEPS} steps")
     print(f"  |learned - true| over all {distance.size} sampling points: mean {distance.mean():.1e}"
           f" px, max {distance.max():.1e} px (at the start: mean {start.mean():.2f}, max "
@@ -402,7 +399,7 @@ key = [plt.Line2D([], [], marker="o", ls="none", ms=4, mfc="limegreen", mec="lim
 fig.tight_layout()
 fig.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=10,
            title="third column (x close up)", title_fontsize=10)
-save_figure(fig, "04_learned_offsets.png", __file__)
+save_figure(fig, "04_learned_offsets.png")
 
 # %% [markdown]
 # ## What to take away

@@ -20,9 +20,6 @@
 # Run it with `minidcn lesson 5` or `python lessons/05_modulated_deformable_conv.py`.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -127,7 +124,7 @@ fig.suptitle("the mask weights each sampling point's contribution, pixel by pixe
              f"({size}×{size} px patch, random offsets)\n"
              "left: c_k(p0) = w_k · x(p0 + p_k + Δp_k), one map per kernel point (i, j), red = positive",
              fontsize=10)
-save_figure(fig, "05_mask_is_a_weight.png", __file__)
+save_figure(fig, "05_mask_is_a_weight.png")
 
 # %% [markdown]
 # ## 2. Learning to ignore distractors
@@ -364,7 +361,7 @@ ax_loss.set_xlabel("Adam step")
 ax_loss.set_ylabel("training mean squared error")
 ax_loss.set_title("training curves; in brackets the error on the test images", fontsize=9)
 ax_loss.legend(fontsize=8)
-save_figure(fig, "05_learned_masks.png", __file__)
+save_figure(fig, "05_learned_masks.png")
 
 # %% [markdown]
 # ## What to take away

@@ -22,19 +22,14 @@
 
 # %%
 import math
-import tempfile
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
 from minidcn import Tensor, data, nn, no_grad, optim, viz
 from minidcn import functional as F
-from minidcn.lessons_support import check, figures_dir, quick, save_figure
+from minidcn.lessons_support import check, figures_dir, quick, save_figure, save_gif
 
 QUICK = quick()
 N_TRAIN = 2000 if QUICK else 5000
@@ -94,7 +89,7 @@ for row, (name, glyph_set) in enumerate((("mild", test_mild), ("strong", test_st
 fig.suptitle("the same data generator, mild (top) and strong (bottom) deformation\n"
              "above each 28×28 px image: its label, the digit drawn", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "06_data.png", __file__)
+save_figure(fig, "06_data.png")
 
 # %% [markdown]
 # The networks get the images standardised with the training set's mean and standard
@@ -347,7 +342,7 @@ bar_ax.set_title("final error; bars: ± 1 binomial standard error", fontsize=10)
 fig.suptitle(f"plain CNN and DCN with the same budget: {N_TRAIN} training images, {EPOCHS} "
              f"epochs, batch {BATCH}, Adam", fontsize=11)
 fig.tight_layout()
-save_figure(fig, "06_accuracy.png", __file__)
+save_figure(fig, "06_accuracy.png")
 
 # %% [markdown]
 # ## 5. Where the trained DCN looks
@@ -408,11 +403,11 @@ def draw_frame(points, title):
 
 title = f"DCN (seed {SEEDS[0]}), last deformable layer, centre unit {UNIT} of its 7×7 map"
 save_figure(draw_frame(frames_points[-1], f"{title}: after {EPOCHS} epochs"),
-            "06_sampling_points.png", __file__)
-frames = [viz.figure_to_array(draw_frame(points, f"{title}: after epoch {epoch}" if epoch
-                                         else f"{title}: before training"))
-          for epoch, points in enumerate(frames_points)]
-viz.save_gif(frames, figures_dir(__file__) / "06_sampling_points.gif", fps=1.5)
+            "06_sampling_points.png")
+frames = (draw_frame(points, f"{title}: after epoch {epoch}" if epoch
+                     else f"{title}: before training")
+          for epoch, points in enumerate(frames_points))
+save_gif(frames, "06_sampling_points.gif", fps=1.5)
 
 # %% [markdown]
 # ## 6. Keep the trained DCN
@@ -422,8 +417,7 @@ viz.save_gif(frames, figures_dir(__file__) / "06_sampling_points.gif", fps=1.5)
 # predicts exactly what the trained one does.
 
 # %%
-saved = Path(tempfile.gettempdir()) / "minidcn" / ("06_dcn_quick.npz" if QUICK else "06_dcn.npz")
-saved.parent.mkdir(parents=True, exist_ok=True)
+saved = figures_dir() / ("06_dcn_quick.npz" if QUICK else "06_dcn.npz")
 dcn.save(saved)
 reloaded = build_network(True, seed=SEEDS[0] + 100)  # different initial weights
 reloaded.load_state_dict(saved)

@@ -25,11 +25,10 @@
 # %%
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from minidcn import Tensor, data, nn, no_grad, optim, viz
@@ -94,9 +93,6 @@ def network_input(images):
     """Images in [0, 1] -> the standardised Tensor the network reads."""
     return Tensor((images - PIXEL_MEAN) / PIXEL_STD)
 
-
-from matplotlib.colors import ListedColormap  # noqa: E402  (for the figures' keys)
-from matplotlib.patches import Patch  # noqa: E402
 
 BOX_COLOUR = "tab:orange"  # the digit's box, in every figure of this lesson
 TARGET_COLOURS = ListedColormap(

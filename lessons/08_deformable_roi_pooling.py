@@ -40,9 +40,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
@@ -354,11 +351,11 @@ fig = bin_examples(
       f"before training: RoIAlign's {k_label} bins, which tile the proposal (dot: bin centre)"),
      (bins_after, "tab:orange", lambda n: f"after: learned bins\narea in box "
                                           f"{area_in_box(bins_after, n):.2f}",
-      f"after training: each bin moved by its learned offset γ·Δp̂·(w, h) (dot: bin centre)")],
+      "after training: each bin moved by its learned offset γ·Δp̂·(w, h) (dot: bin centre)")],
     f"deformable RoI pooling on {len(shown)} held-out scenes ({IMAGE}×{IMAGE} px), each drawn twice:\n"
     "the bins before and after training the offset head\n"
     "(area in box: the fraction of the bins' area inside the true box)")
-save_figure(fig, "08_deformable_roi_bins.png", __file__)
+save_figure(fig, "08_deformable_roi_bins.png")
 
 # %%
 fig, (ax_curve, ax_area, ax_dist) = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -383,7 +380,7 @@ for ax, key in ((ax_area, "area in box"), (ax_dist, "distance to ideal (px)")):
     ax.legend(fontsize=8, loc="lower right" if key == "area in box" else "upper left")
 fig.tight_layout()
 fig.colorbar(dots, ax=[ax_area, ax_dist], fraction=0.03, label="dot colour: IoU of the proposal")
-save_figure(fig, "08_coverage.png", __file__)
+save_figure(fig, "08_coverage.png")
 
 # %% [markdown]
 # ## 5. The position-sensitive variant (R-FCN)
@@ -574,7 +571,7 @@ fig = bin_examples(
     f"mini R-FCN, deformable PS RoI pooling with {PS_K}×{PS_K} bins, on the same scenes;\n"
     f"says = predicted digit; held-out accuracy {accuracy_fixed:.2f} with zero offsets, "
     f"{accuracy_learned:.2f} learned")
-save_figure(fig, "08_ps_roi_bins.png", __file__)
+save_figure(fig, "08_ps_roi_bins.png")
 
 # %% [markdown]
 # ## What to take away

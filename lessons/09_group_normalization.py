@@ -38,9 +38,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
@@ -128,7 +125,7 @@ fig.suptitle(f"which (n, c) planes share one mean and variance, found by autogra
              f"({N_SHOWN}, {C_SHOWN}, {H_SHOWN}, {H_SHOWN}) input; each cell is a whole "
              f"{H_SHOWN}×{H_SHOWN} plane, one colour per set", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "09_grouping.png", __file__)
+save_figure(fig, "09_grouping.png")
 
 # %% [markdown]
 # ## 2. GroupNorm's extremes
@@ -355,7 +352,7 @@ ax_error.legend(fontsize=8)
 ax_loss.set_ylabel("mean training loss, last epoch")
 ax_loss.set_title("is the run finished? training loss", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "09_batch_size.png", __file__)
+save_figure(fig, "09_batch_size.png")
 
 # %% [markdown]
 # ### What the runs show

@@ -72,8 +72,6 @@ import math
 import re
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
@@ -261,7 +259,7 @@ bottom.set_ylabel("threads launched, or passes\n(both log scale)")
 bottom.set_title("grid_for(n): the grid grows with n up to 4096 blocks of 128 threads, "
                  "then each thread loops over several items", fontsize=9)
 bottom.legend(fontsize=8, loc="upper left")
-save_figure(fig, "10_thread_map.png", __file__)
+save_figure(fig, "10_thread_map.png")
 
 # %% [markdown]
 # ## 2. Why the backward pass needs atomics
@@ -402,7 +400,7 @@ shown = viz.show_image(ax_plain, plain_counts[0, 0], cmap="magma", vmin=0, vmax=
                              f"(the same {SIZE}×{SIZE} px plane; at most {plain_counts.max()})")
 fig.colorbar(shown, ax=[ax_count, ax_plain], fraction=0.03,
              label="additions into the pixel's gradient (count, same scale in both)")
-save_figure(fig, "10_atomic_collisions.png", __file__)
+save_figure(fig, "10_atomic_collisions.png")
 
 # %% [markdown]
 # ## 3. Atomics fix the race, not the order
@@ -536,7 +534,7 @@ shown = viz.show_image(ax_orders, between, cmap="coolwarm", vmin=-np.abs(between
                              f"({100 * np.mean(between != 0):.0f}% of the pixels differ; grey: equal)")
 fig.colorbar(shown, ax=ax_orders, fraction=0.046,
              label="difference / max |grad_x|, in units of 1e-7")
-save_figure(fig, "10_summation_order.png", __file__)
+save_figure(fig, "10_summation_order.png")
 
 # %% [markdown]
 # ## 4. The CPU backend is deterministic by construction
@@ -738,7 +736,7 @@ ax.set_title("the cuda backend" + (" (simulated)" if SIMULATED else " (GPU)")
              + " against the numba CPU backend, float64", fontsize=9)
 ax.legend(fontsize=8, loc="center right", title="bar colour: the problem compared (batch × in → out "
           "channels, input size)", title_fontsize=8)
-save_figure(fig, "10_cuda_agreement.png", __file__)
+save_figure(fig, "10_cuda_agreement.png")
 
 # %% [markdown]
 # ## What to take away
