@@ -223,7 +223,7 @@ def explorer(model, images, path, *, inputs=None, title: str = "Where do the sam
     if size > MAX_BYTES:
         raise ValueError(f"explorer: {n} images of {h}x{w} units with {len(layers)} deformable "
                          f"layers make a page of about {size / 1e6:.0f} MB, over the "
-                         f"{MAX_BYTES / 1e6:.0f} MB limit; pass fewer images (at most "
+                         f"{MAX_BYTES / 1e6:g} MB limit; pass fewer images (at most "
                          f"{max(1, int(n * MAX_BYTES / size))})")
     low, high = float(shown.min()), float(shown.max())
     grey = np.round(255 * (shown - low) / (high - low if high > low else 1.0)).astype(np.uint8)

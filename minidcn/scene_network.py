@@ -17,6 +17,7 @@ sampling locations; ``minidcn explore`` trains one and draws them in a web page
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from tqdm import tqdm
@@ -26,7 +27,8 @@ from . import functional as F
 from .tensor import Tensor
 
 __all__ = ["IMAGE_SIZE", "OBJECT_SIZE", "STRIDE", "MAP_SIZE", "BATCH", "LEARNING_RATE",
-           "DATA_SEED", "make_scenes", "unit_labels", "build_network", "balanced_loss", "train"]
+           "DATA_SEED", "make_scenes", "unit_labels", "build_network", "balanced_loss", "train",
+           "trained"]
 
 IMAGE_SIZE = 48
 OBJECT_SIZE = (6.0, 40.0)  # the digit's longer side, log-uniform, in pixels
@@ -38,12 +40,10 @@ DATA_SEED = 7  # the scenes: the same for every training seed
 UNIT_CENTRES = STRIDE * np.arange(MAP_SIZE) + (STRIDE - 1) / 2  # pixel (y or x) of unit u
 
 
-def make_scenes(n_train: int, n_test: int):
-    """The training and test scenes (``data.Scenes``), from ``DATA_SEED`` and the next seed."""
-    train = data.scenes(n_train, image_size=IMAGE_SIZE, object_size=OBJECT_SIZE, seed=DATA_SEED)
-    test = data.scenes(n_test, image_size=IMAGE_SIZE, object_size=OBJECT_SIZE,
-                       seed=DATA_SEED + 1)
-    return train, test
+def make_scenes(n: int, *, test: bool):
+    """``n`` training scenes (seed ``DATA_SEED``) or test scenes (the next seed)."""
+    return data.scenes(n, image_size=IMAGE_SIZE, object_size=OBJECT_SIZE,
+                       seed=DATA_SEED + int(test))
 
 
 def unit_labels(scenes) -> np.ndarray:
@@ -123,3 +123,32 @@ def train(model, inputs: np.ndarray, targets: np.ndarray, *, epochs: int, seed: 
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_losses[-1])
     return epoch_losses
+
+
+def trained(*, quick: bool, seed: int = 7, cache=None):
+    """Lesson 07's network trained with ``seed`` (quick: 1200 scenes, 3 epochs; else 3000
+    scenes, 5 epochs, lesson 07's settings), with the pixel mean and standard deviation it
+    standardises its input by: ``(model, mean, std)``.
+
+    With ``cache`` (an ``.npz`` path), loads the weights from it when it exists, and writes
+    them there after training otherwise."""
+    n_train, epochs = (1200, 3) if quick else (3000, 5)
+    model = build_network(seed)
+    if cache is not None and os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as stored:
+            state = {k: stored[k] for k in stored.files}
+        mean, std = float(state.pop("pixel_mean")), float(state.pop("pixel_std"))
+        model.load_state_dict(state)
+        print(f"loaded the trained network from {cache}")
+        return model, mean, std
+    train_scenes = make_scenes(n_train, test=False)
+    mean, std = float(train_scenes.images.mean()), float(train_scenes.images.std())
+    print(f"training lesson 07's network (seed {seed}): {n_train} scenes, {epochs} epochs")
+    train(model, (train_scenes.images - mean) / std, unit_labels(train_scenes), epochs=epochs,
+          seed=seed, label=f"seed {seed} ",
+          on_epoch=lambda epoch, loss: print(f"epoch {epoch}: mean training loss {loss:.3f}"))
+    if cache is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.savez(cache, pixel_mean=mean, pixel_std=std, **model.state_dict())
+        print(f"saved the trained network to {cache}")
+    return model, mean, std
