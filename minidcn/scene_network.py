@@ -27,8 +27,8 @@ from . import functional as F
 from .tensor import Tensor
 
 __all__ = ["IMAGE_SIZE", "OBJECT_SIZE", "STRIDE", "MAP_SIZE", "BATCH", "LEARNING_RATE",
-           "DATA_SEED", "make_scenes", "unit_labels", "build_network", "balanced_loss", "train",
-           "trained"]
+           "DATA_SEED", "UNIT_CENTRES", "training_size", "make_scenes", "unit_labels",
+           "build_network", "balanced_loss", "train", "trained"]
 
 IMAGE_SIZE = 48
 OBJECT_SIZE = (6.0, 40.0)  # the digit's longer side, log-uniform, in pixels
@@ -38,6 +38,11 @@ BATCH = 16
 LEARNING_RATE = 2e-3
 DATA_SEED = 7  # the scenes: the same for every training seed
 UNIT_CENTRES = STRIDE * np.arange(MAP_SIZE) + (STRIDE - 1) / 2  # pixel (y or x) of unit u
+
+
+def training_size(quick: bool) -> tuple[int, int]:
+    """(training scenes, epochs): (1200, 3) for a quick run, else (3000, 5)."""
+    return (1200, 3) if quick else (3000, 5)
 
 
 def make_scenes(n: int, *, test: bool):
@@ -126,13 +131,13 @@ def train(model, inputs: np.ndarray, targets: np.ndarray, *, epochs: int, seed: 
 
 
 def trained(*, quick: bool, seed: int = 7, cache=None):
-    """Lesson 07's network trained with ``seed`` (quick: 1200 scenes, 3 epochs; else 3000
-    scenes, 5 epochs, lesson 07's settings), with the pixel mean and standard deviation it
+    """Lesson 07's network trained with ``seed`` (:func:`training_size` scenes and epochs),
+    with the pixel mean and standard deviation it
     standardises its input by: ``(model, mean, std)``.
 
     With ``cache`` (an ``.npz`` path), loads the weights from it when it exists, and writes
     them there after training otherwise."""
-    n_train, epochs = (1200, 3) if quick else (3000, 5)
+    n_train, epochs = training_size(quick)
     model = build_network(seed)
     if cache is not None and os.path.exists(cache):
         with np.load(cache, allow_pickle=False) as stored:

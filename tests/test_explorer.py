@@ -224,3 +224,24 @@ def test_page_in_chromium(tmp_path, modulated):
         finally:
             browser.close()
     assert errors == []
+
+
+def test_cli_explore_loads_the_cached_network_and_writes_the_page(tmp_path, capsys):
+    """`minidcn explore --quick --out FILE` with explore_quick.npz beside FILE: no training."""
+    from minidcn.cli import main
+    from minidcn.scene_network import build_network
+
+    model = build_network(3)  # untrained: its offsets are 0 and every unit reads the grid
+    np.savez(tmp_path / "explore_quick.npz", pixel_mean=0.2, pixel_std=0.1,
+             **model.state_dict())
+    assert main(["explore", "--quick", "--out", str(tmp_path / "page.html")]) == 0
+    out = capsys.readouterr().out
+    assert f"loaded the trained network from {tmp_path / 'explore_quick.npz'}" in out
+    assert f"wrote {tmp_path / 'page.html'}" in out and "training" not in out
+    data, arrays = embedded(tmp_path / "page.html")
+    assert (data["n"], data["mapH"], data["stride"], data["layers"]) == (12, 12, 4, 3)
+    unit = np.array([6, 6])
+    expected = 4 * backtrack([np.zeros((1, 9, 12, 12, 2))] * 3, unit[None], GRID_3X3)[0] + 1.5
+    np.testing.assert_array_equal(arrays["points"][2][5, 6, 6], expected)
+    assert main(["explore", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--out must be a file" in capsys.readouterr().err
