@@ -227,7 +227,6 @@ def explorer(model, images, path, *, inputs=None, title: str = "Where do the sam
                          f"{max(1, int(n * MAX_BYTES / size))})")
     low, high = float(shown.min()), float(shown.max())
     grey = np.round(255 * (shown - low) / (high - low if high > low else 1.0)).astype(np.uint8)
-    every = np.concatenate([p.reshape(-1, 2) for p in data["points"]])
     payload = {
         "n": n, "height": height, "width": width, "stride": data["stride"],
         "mapH": h, "mapW": w, "layers": len(layers), "K": k, "modulated": data["modulated"],
@@ -238,9 +237,6 @@ def explorer(model, images, path, *, inputs=None, title: str = "Where do the sam
         "regular": [_b64(r, np.float32) for r in data["regular"]],
         "regularSpread": data["regular_spread"],
         "weights": [_b64(wt, np.float32) for wt in data["weights"]],
-        "view": [float(min(every[:, 0].min(), -0.5)), float(min(every[:, 1].min(), -0.5)),
-                 float(max(every[:, 0].max(), height - 0.5)),
-                 float(max(every[:, 1].max(), width - 0.5))],
     }
     page = (_TEMPLATE.replace("%DATA%", json.dumps(payload).replace("</", "<\\/"))
             .replace("%TITLE%", html.escape(title)).replace("%NOTES%", html.escape(notes)))
