@@ -3,7 +3,8 @@
 :func:`explorer` runs a trained ``nn.Sequential`` on a few images, back-tracks every unit's
 sampling locations through its last 1, 2, ..., L stride-1 deformable layers with
 :func:`minidcn.receptive_field.backtrack` (K, K², ..., K^L points), and writes one
-self-contained HTML file: the images and the points are embedded (float32, base64), the
+self-contained HTML file: the images (8-bit grey) and the points, spreads and mask weights
+(float32) are embedded as base64, the
 drawing code is inline JavaScript on a canvas, nothing is fetched, so the file opens from
 disk in any browser, offline.  The page draws exactly the numbers computed here; it only
 converts them to screen positions.
@@ -18,7 +19,8 @@ that all of them share these coordinates, and only point-wise layers (ReLU, norm
 For a modulated (DCNv2) network, a point's weight is the product of the masks along its path:
 the top layer's mask m_k(q) of its unit, times the next layer's mask of the kernel point that
 reaches it, read at the fractional parent position by the same bilinear interpolation (with
-the same edge clamp) that ``backtrack`` uses for the offsets.  The page draws it as opacity.
+the same edge clamp) that ``backtrack`` uses for the offsets.  The page draws it as opacity
+0.1 + 0.9 × weight, so that a point of weight 0 stays faintly visible.
 """
 
 from __future__ import annotations
