@@ -4,9 +4,8 @@
 sampling locations through its last 1, 2, ..., L stride-1 deformable layers with
 :func:`minidcn.receptive_field.backtrack` (K, K², ..., K^L points), and writes one
 self-contained HTML file: the images (8-bit grey) and the points, spreads and mask weights
-(float32) are embedded as base64, the
-drawing code is inline JavaScript on a canvas, nothing is fetched, so the file opens from
-disk in any browser, offline.  The page draws exactly the numbers computed here; it only
+(float32) are embedded as base64, the drawing code is inline JavaScript on a canvas, nothing
+is fetched, so the file opens from disk in any browser, offline.  The page draws exactly the numbers computed here; it only
 converts them to screen positions.
 
 Coordinates.  The bottom deformable layer reads a map of ``S`` times fewer rows and columns
