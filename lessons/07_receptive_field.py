@@ -29,23 +29,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
-from tqdm import tqdm
 
-from minidcn import Tensor, data, nn, no_grad, optim, viz
+from minidcn import Tensor, nn, no_grad, viz
 from minidcn import functional as F
 from minidcn.lessons_support import check, quick, save_figure
+from minidcn.scene_network import (IMAGE_SIZE, MAP_SIZE, STRIDE, UNIT_CENTRES, build_network,
+                                   make_scenes, training_size, unit_labels)
+from minidcn.scene_network import train as train_steps
 
 QUICK = quick()
-IMAGE_SIZE = 48
-OBJECT_SIZE = (6.0, 40.0)  # the digit's longer side, log-uniform, in pixels
-STRIDE = 4  # two 2x2 max-pools before the deformable layers
-MAP_SIZE = IMAGE_SIZE // STRIDE  # 12 x 12 units in each deformable layer
-N_TRAIN = 1200 if QUICK else 3000
+N_TRAIN, EPOCHS = training_size(QUICK)  # 1200 scenes and 3 epochs quick, else 3000 and 5
 N_TEST = 200 if QUICK else 600
-EPOCHS = 3 if QUICK else 5
-BATCH = 16
-LEARNING_RATE = 2e-3
-DATA_SEED = 7  # the scenes: the same for every training seed
 SEEDS = (7, 8) if QUICK else (7, 8, 9)  # training seeds: initial weights and order of batches
 print(f"{'quick' if QUICK else 'full'} run: {N_TRAIN} training scenes, {EPOCHS} epochs, "
       f"{N_TEST} test scenes, training seeds {SEEDS}")
@@ -54,7 +48,10 @@ print(f"{'quick' if QUICK else 'full'} run: {N_TRAIN} training scenes, {EPOCHS} 
 # ## 1. Scenes with objects of varied size, and a task that needs the whole object
 #
 # `data.scenes` puts one digit, whose longer side is drawn log-uniformly between 6 and 40
-# pixels, anywhere in a 48×48 image over smooth random clutter, and returns its box.
+# pixels, anywhere in a 48×48 image over smooth random clutter, and returns its box. The
+# scenes, their unit labels, the network and its training loop below live in
+# `minidcn.scene_network`, which `minidcn explore` shares with this lesson; read it beside
+# the lesson.
 #
 # The network must label every unit of its 12×12 output map: a unit whose 4×4 pixel block
 # has its centre inside the digit's box must name the digit (classes 1..10), every other
@@ -64,22 +61,7 @@ print(f"{'quick' if QUICK else 'full'} run: {N_TRAIN} training scenes, {EPOCHS} 
 # the object units and the background units of each batch equally (each half of the loss).
 
 # %%
-train = data.scenes(N_TRAIN, image_size=IMAGE_SIZE, object_size=OBJECT_SIZE, seed=DATA_SEED)
-test = data.scenes(N_TEST, image_size=IMAGE_SIZE, object_size=OBJECT_SIZE, seed=DATA_SEED + 1)
-UNIT_CENTRES = STRIDE * np.arange(MAP_SIZE) + (STRIDE - 1) / 2  # pixel (y or x) of unit u
-
-
-def unit_labels(scenes):
-    """(N, 12, 12) int64: digit + 1 for units whose block centre lies in the box, else 0.
-
-    Boxes are [x1, y1, x2, y2] with pixel j spanning [j, j + 1), so pixel centre c sits at
-    box coordinate c + 0.5."""
-    at = UNIT_CENTRES + 0.5
-    x1, y1, x2, y2 = (scenes.boxes[:, k, None, None] for k in range(4))
-    inside = ((y1 <= at[:, None]) & (at[:, None] <= y2) & (x1 <= at[None, :]) & (at[None, :] <= x2))
-    return np.where(inside, scenes.labels[:, None, None] + 1, 0).astype(np.int64)
-
-
+train, test = make_scenes(N_TRAIN, test=False), make_scenes(N_TEST, test=True)
 train_targets, test_targets = unit_labels(train), unit_labels(test)
 PIXEL_MEAN, PIXEL_STD = float(train.images.mean()), float(train.images.std())
 print(f"object sizes {train.sizes.min():.1f}..{train.sizes.max():.1f} px; "
@@ -133,37 +115,18 @@ save_figure(fig, "07_data.png")
 # on the same scenes with several seeds (two in the quick run, three in the full run) and
 # report every measurement per seed, then their mean and spread.
 
+#
+# `scene_network.build_network(seed)` builds it, one generator per layer from the seed;
+# `scene_network.train` is the loop: Adam with a cosine schedule, batches of 16, and a loss
+# that weighs object units and background units equally (each half of a batch's loss).
+
 # %%
-def build_network(seed: int) -> nn.Sequential:
-    def init(layer_index):
-        return np.random.default_rng([seed, layer_index])
-
-    deformable = [nn.DeformConv2d(16 if i == 0 else 32, 32, 3, padding=1, offset_lr_mult=1.0,
-                                  generator=init(2 + i)) for i in range(3)]
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1, generator=init(0)), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, generator=init(1)), nn.ReLU(), nn.MaxPool2d(2),
-        deformable[0], nn.ReLU(), deformable[1], nn.ReLU(), deformable[2], nn.ReLU(),
-        nn.Conv2d(32, 11, 1, generator=init(5)),
-    )
-
-
 def deformable_layers(model):
     return [m for m in model if isinstance(m, nn.DeformConv2d)]
 
 
 print(build_network(SEEDS[0]))
 check(len(deformable_layers(build_network(SEEDS[0]))) == 3, "three stacked deformable layers")
-
-
-def balanced_loss(scores, targets):
-    """Cross-entropy per unit, weighted so that object units and background units each make
-    half of the batch's loss."""
-    per_unit = F.cross_entropy(scores, targets, reduction="none")  # (B, 12, 12)
-    on_object = targets > 0
-    weights = np.where(on_object, 0.5 / max(on_object.sum(), 1),
-                       0.5 / max((~on_object).sum(), 1)).astype(np.float32)
-    return (per_unit * Tensor(weights)).sum()
 
 
 def predict(model, images, batch=100):
@@ -184,33 +147,18 @@ def train_network(seed: int) -> nn.Sequential:
     """Adam with a cosine schedule from the seed's initial weights and batch order; checks
     that the network learned, and returns it."""
     model = build_network(seed)
-    optimiser = optim.Adam(optim.param_groups(model, lr=LEARNING_RATE), lr=LEARNING_RATE)
-    base_rates = [group["lr"] for group in optimiser.param_groups]
-    order = np.random.default_rng(seed)
-    steps_per_epoch = N_TRAIN // BATCH
-    step, total_steps = 0, EPOCHS * steps_per_epoch
-    for epoch in range(EPOCHS):
-        permutation = order.permutation(N_TRAIN)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"seed {seed} epoch {epoch + 1}/{EPOCHS}",
-                   leave=False, mininterval=1.0)
-        for b in bar:
-            for group, rate in zip(optimiser.param_groups, base_rates):  # cosine schedule
-                group["lr"] = rate * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            index = permutation[b * BATCH:(b + 1) * BATCH]
-            loss = balanced_loss(model(network_input(train.images[index])),
-                                 train_targets[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.item())
-            step += 1
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        on_object, on_background = unit_accuracy(model, test.images, test_targets)
-        print(f"seed {seed} epoch {epoch + 1}: mean training loss {np.mean(losses):.3f}; test "
-              f"accuracy on object units {on_object:.3f}, on background units {on_background:.3f}")
-    check(np.mean(losses) < 0.7 * math.log(11), f"seed {seed}: the training loss fell to "
-          f"{np.mean(losses):.3f}, below 0.7 ln 11 (a uniform guess)")
+    accuracy = []  # (on object units, on background units) after each epoch
+
+    def report(epoch, loss):
+        accuracy.append(unit_accuracy(model, test.images, test_targets))
+        print(f"seed {seed} epoch {epoch}: mean training loss {loss:.3f}; test accuracy on "
+              f"object units {accuracy[-1][0]:.3f}, on background units {accuracy[-1][1]:.3f}")
+
+    losses = train_steps(model, network_input(train.images).numpy(), train_targets,
+                         epochs=EPOCHS, seed=seed, on_epoch=report, label=f"seed {seed} ")
+    on_object, on_background = accuracy[-1]
+    check(losses[-1] < 0.7 * math.log(11), f"seed {seed}: the last epoch's mean training loss "
+          f"fell to {losses[-1]:.3f}, below 0.7 ln 11 (a uniform guess)")
     check(on_background > 0.8, f"seed {seed}: the network says background on "
                                f"{on_background:.1%} of the background units")
     if QUICK:
@@ -555,3 +503,12 @@ save_figure(fig, "07_spread.png")
 # the figure shows is what the table measures. The paper also finds the background units'
 # spread between those of medium and large objects; the ranking printed above says where this
 # run's background units fall, seed by seed.
+
+# %% [markdown]
+# ## Explore every unit yourself
+#
+# Figure 5 shows three units. `minidcn explore` trains this lesson's network (seed 7; add
+# `--quick` for the short training) and writes one self-contained web page of 12 test scenes:
+# move over or click any unit to see its 9, 81 or 729 sampling points, the regular grid of
+# a plain network beside them, and their spreads. `minidcn.explorer.explorer(model, images,
+# path)` does the same for your own network.

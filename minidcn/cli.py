@@ -4,6 +4,7 @@
     minidcn lesson N [--quick] [--out DIR] run lesson N
     minidcn tour [--quick] [--out DIR]     run every lesson in order, stop at the first failure
     minidcn bench [section ...]            the benchmark (also python -m minidcn.bench)
+    minidcn explore [--quick] [--out FILE] lesson 07's network, unit by unit, in a web page
 
 Each lesson runs as its own Python process (``python <lesson file>``), exactly as a reader
 would run it by hand, with ``MINIDCN_QUICK=1`` for ``--quick`` and ``MINIDCN_FIGURES`` set to
@@ -19,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", parents=[runs], help="run every lesson in order")
     for command in (one, tour):
         command.set_defaults(usage=command)  # so that errors show the command's own usage
+    explore = sub.add_parser(
+        "explore", help="train lesson 07's network and write the sampling explorer web page")
+    explore.add_argument("--quick", action="store_true",
+                         help="train briefly (1200 scenes, 3 epochs) instead of lesson 07's full run")
+    explore.add_argument("--out", metavar="FILE", type=Path,
+                         help=f"the HTML file to write (default: {_explore_default()})")
     # main() hands "bench ..." to the benchmark's own parser; listed here for --help.
     sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N]")
     return parser
@@ -56,6 +64,8 @@ def main(argv=None) -> int:
         return bench_main(argv[1:], prog="minidcn bench")
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "explore":
+        return _explore(args.quick, args.out)
     lessons = lessons_support.lesson_files()
     if args.command == "lessons":
         return _list(lessons)
@@ -127,4 +137,35 @@ def _tour(lessons, quick: bool, out: Path) -> int:
     for name, seconds in times:
         print(f"  {name:32s} {seconds:7.1f} s")
     print(f"  {'total':32s} {sum(s for _, s in times):7.1f} s")
+    return 0
+
+
+EXPLORE_IMAGES = 12  # test scenes in the page: about 1.3 MB each
+
+
+def _explore_default() -> Path:
+    return Path(tempfile.gettempdir()) / "minidcn" / "explorer.html"
+
+
+def _explore(quick: bool, out: Path | None) -> int:
+    """Train lesson 07's network (or load it from ``explore_quick.npz`` / ``explore_full.npz``
+    beside the page) and write the explorer of its first test scenes."""
+    from .explorer import explorer
+    from .scene_network import make_scenes, trained
+
+    out = (out or _explore_default()).resolve()
+    if out.is_dir():
+        print(f"minidcn explore: --out must be a file, got the folder {out}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    cache = out.parent / f"explore_{'quick' if quick else 'full'}.npz"
+    model, mean, std = trained(quick=quick, cache=cache)
+    test = make_scenes(EXPLORE_IMAGES, test=True)
+    notes = (f"Lesson 07's network ({'quick' if quick else 'full'} training): two plain conv + "
+             "max-pool stages, then three stacked 3x3 deformable layers on a 12x12 map, trained "
+             "to name the digit (or background) under every unit of 48x48 test scenes. "
+             "Pick a scene, then move over or click a unit.")
+    explorer(model, test.images, out, inputs=(test.images - mean) / std, notes=notes)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in "
+          f"{time.perf_counter() - start:.0f} s; open it in a browser")
     return 0
