@@ -334,6 +334,13 @@ def export(model, example_inputs, path, opset_version: int = 19, input_names=Non
         raise ValueError(f"{fn}: input_names must be {len(inputs)} distinct non-empty strings, "
                          f"got {input_names!r}")
 
+    if hasattr(model, "modules"):  # refuse before the forward pass updates any statistics
+        from .nn.norm import BatchNorm2d
+
+        for m in model.modules():
+            if isinstance(m, BatchNorm2d) and m.training:
+                raise ValueError(f"{fn}: {m!r} is in training mode (batch statistics, running "
+                                 "statistics updated); call model.eval() before exporting")
     output = model(*inputs)
     if not isinstance(output, Tensor):
         raise TypeError(f"{fn}: the model must return one Tensor, got {type(output).__name__}")

@@ -106,6 +106,7 @@ class EveryOp(nn.Module):
         h = F.relu(self.conv(x))                                   # (2, 8, 16, 16)
         h = self.gn(F.sigmoid(self.strided(h)) * 2.0 - 0.5)        # (2, 8, 8, 8)
         h = self.bn(F.tanh(self.dcn2(h)) + h)
+        h = h + 0.5 * F.instance_norm(h) - 0.25 * F.layer_norm(h)  # group norms, no affine
         crops = [F.roi_align(h, rois, 2, spatial_scale=0.5, sampling_ratio=0, aligned=True),
                  F.roi_align(h, rois, 2, spatial_scale=0.5, sampling_ratio=2, aligned=False),
                  F.roi_pool(h, rois, 2, spatial_scale=0.5)]           # (3, 8, 2, 2) each
@@ -209,8 +210,13 @@ def test_export_refuses_untraceable_calls(tmp_path):
     with pytest.raises(ValueError, match="does not depend on example input 'input_1'"):
         monnx.export(lambda a, b: conv(a), (x, x), tmp_path / "a.onnx")
     bn = nn.BatchNorm2d(1)
-    with pytest.raises(ValueError, match="model.eval()"):
-        monnx.export(bn, (np.ones((2, 1, 2, 2), np.float32),), tmp_path / "a.onnx")
+    with pytest.raises(ValueError, match="training mode .*model.eval()"):
+        monnx.export(bn, (np.full((2, 1, 2, 2), 3.0, np.float32),), tmp_path / "a.onnx")
+    assert bn.running_mean[0] == 0.0 and int(bn.num_batches_tracked) == 0  # nothing ran
+    mean, var = np.zeros(1, np.float32), np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="batch_norm ran in training mode"):
+        monnx.export(lambda t: F.batch_norm(t, mean, var, training=True),
+                     (np.ones((2, 1, 2, 2), np.float32),), tmp_path / "a.onnx")
     with pytest.raises(ValueError, match="opset_version"):
         monnx.export(conv, (x,), tmp_path / "a.onnx", opset_version=17)
     assert not (tmp_path / "a.onnx").exists()
