@@ -427,6 +427,35 @@ print(f"saved the trained DCN to {saved}")
 check(same, "the reloaded DCN predicts exactly what the trained one does")
 
 # %% [markdown]
+# ## 7. Run the trained DCN outside minidcn: ONNX Runtime
+#
+# The autograd engine records every op of a forward pass with its arguments, so that graph
+# can be written out. `minidcn.onnx.export` runs the DCN once on example images and writes
+# an ONNX file; its deformable layers become ONNX's `DeformConv`, which uses torchvision's
+# offset layout, the one minidcn uses. ONNX Runtime then runs the file without minidcn and
+# should predict the same scores, up to float32 round-off. (This needs `pip install onnx
+# onnxruntime`; without them the cell says so and does nothing.)
+
+# %%
+try:
+    import onnxruntime
+
+    import minidcn.onnx
+except ImportError as missing:
+    print(f"skipped: the ONNX export needs onnx and onnxruntime ({missing}); "
+          "pip install onnx onnxruntime")
+else:
+    exported = saved.with_suffix(".onnx")
+    minidcn.onnx.export(dcn, (batch,), exported)
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    onnx_scores = session.run(None, {"input": batch.numpy()})[0]
+    with no_grad():
+        onnx_gap = np.abs(onnx_scores - dcn(batch).numpy()).max()
+    print(f"wrote {exported}; ONNX Runtime against minidcn on {len(batch)} test images: "
+          f"largest score difference {onnx_gap:.2e}")
+    check(onnx_gap <= 1e-4, "ONNX Runtime reproduces the trained DCN's scores to 1e-4")
+
+# %% [markdown]
 # ## What we saw
 #
 # * Both networks learn the strongly deformed digits far above chance with the same budget;
