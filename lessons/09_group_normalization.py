@@ -224,8 +224,8 @@ check(np.array_equal(eval_outputs[0], eval_outputs[1]),
 # * **the learning rate is scaled linearly with the batch**, the paper's rule:
 #   lr = 0.05 · B / 32 (SGD, momentum 0.9). With the epochs fixed this keeps lr × steps the
 #   same at every batch size: a batch of 2 takes 16 times as many steps, each 16 times smaller.
-#   The first epoch warms the rate up linearly from 0 (as the paper's recipe does for large
-#   rates), then a half cosine brings it back to 0;
+#   The first epoch warms the rate up linearly from 0 (the warm-up that Goyal et al. pair
+#   with the linear rule), then a half cosine brings it back to 0;
 # * **the same number of epochs at every batch size** (6 epochs of 1000 images);
 # * **3 seeds per point**: a seed fixes the initial weights (the same for BN and GN: the
 #   norm layers draw nothing) and the order of the images; the figure shows the mean over
