@@ -30,16 +30,17 @@ __all__ = ["Optimizer", "SGD", "Adam", "param_groups"]
 
 
 def _real(owner: str, name: str, value, low: float, high: float | None = None,
-          high_open: bool = False) -> float:
-    """``value`` as a float in [low, high] (or [low, high) when ``high_open``)."""
+          high_open: bool = False, low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high]; ``low_open`` / ``high_open`` exclude an end."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__} "
                         f"{value!r}")
     value = float(value)
+    below = value <= low if low_open else value < low
     above = high is not None and (value >= high if high_open else value > high)
-    if not math.isfinite(value) or value < low or above:
-        wanted = (f"in [{low}, {high}{')' if high_open else ']'}" if high is not None
-                  else f"a finite number >= {low}")
+    if not math.isfinite(value) or below or above:
+        wanted = (f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                  if high is not None else f"a finite number {'>' if low_open else '>='} {low}")
         raise ValueError(f"{owner}: {name} must be {wanted}, got {value}")
     return value
 
@@ -109,7 +110,13 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that received a gradient since the last ``zero_grad()``."""
+        """Update every parameter that received a gradient since the last ``zero_grad()``.
+
+        The hyperparameters are checked again first: a schedule (or a caller) may have
+        changed ``group["lr"]`` and the rest since the optimiser was built.
+        """
+        for group in self.param_groups:
+            self._check_group(group)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -141,6 +148,9 @@ class SGD(Optimizer):
         b ← μ b + (1 - τ) g            afterwards
         g ← g + μ b  (Nesterov)   or   g ← b
         p ← p - lr g
+
+    Ranges (as torch checks them): lr >= 0, momentum >= 0, weight_decay >= 0; dampening
+    in [0, 1] (torch does not check it); Nesterov needs momentum > 0 and dampening = 0.
     """
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -185,14 +195,19 @@ class Adam(Optimizer):
         p ← p - (lr / (1 - β1^t)) · m / (√v / √(1 - β2^t) + eps)
 
     m and v start at zero, on the parameter's device.
+
+    Ranges (torch's, except eps): lr >= 0, betas each in [0, 1), weight_decay >= 0, and
+    eps > 0: torch also accepts eps = 0, which turns a parameter whose gradient is zero
+    into NaN (0 / 0).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _check_group(self, group):
-        for key in ("lr", "eps", "weight_decay"):
+        for key in ("lr", "weight_decay"):
             group[key] = _real("Adam", key, group[key], 0.0)
+        group["eps"] = _real("Adam", "eps", group["eps"], 0.0, low_open=True)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")

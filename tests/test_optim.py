@@ -185,7 +185,18 @@ def _p():
     (lambda: optim.Adam([_p()], betas=(0.9, 1.0)), ValueError, "Adam: betas\\[1\\] must be in \\[0.0, 1.0\\), got 1.0"),
     (lambda: optim.Adam([_p()], betas=(-0.1, 0.9)), ValueError, "Adam: betas\\[0\\] must be in"),
     (lambda: optim.Adam([_p()], betas=0.9), TypeError, "Adam: betas must be a pair"),
-    (lambda: optim.Adam([_p()], eps=-1e-8), ValueError, "Adam: eps must be a finite number >= 0.0"),
+    (lambda: optim.Adam([_p()], eps=-1e-8), ValueError, "Adam: eps must be a finite number > 0.0, got -1e-08"),
+    (lambda: optim.Adam([_p()], eps=0.0), ValueError, "Adam: eps must be a finite number > 0.0, got 0.0"),
+    (lambda: optim.Adam([_p()], eps=float("inf")), ValueError, "Adam: eps must be a finite number > 0.0, got inf"),
+    (lambda: optim.Adam([_p()], eps="tiny"), TypeError, "Adam: eps must be a real number, got str"),
+    (lambda: optim.Adam([_p()], weight_decay=-0.1), ValueError,
+     "Adam: weight_decay must be a finite number >= 0.0, got -0.1"),
+    (lambda: optim.Adam([_p()], betas=(0.9, float("nan"))), ValueError, "Adam: betas\\[1\\] must be in \\[0.0, 1.0\\), got nan"),
+    (lambda: optim.Adam([_p()], betas=(0.9, 0.99, 0.9)), TypeError, "Adam: betas must be a pair"),
+    (lambda: optim.SGD([_p()], lr=0.1, dampening=1.5), ValueError, "SGD: dampening must be in \\[0.0, 1.0\\], got 1.5"),
+    (lambda: optim.SGD([_p()], lr=0.1, momentum=float("inf")), ValueError,
+     "SGD: momentum must be a finite number >= 0.0, got inf"),
+    (lambda: optim.SGD([_p()], lr=True), TypeError, "SGD: lr must be a real number, got bool"),
     (lambda: optim.Adam([_p()], lr=-1), ValueError, "Adam: lr must be"),
     (lambda: optim.Adam([{"params": [_p()], "lr": -1}]), ValueError, "Adam: lr must be"),
     (lambda: optim.Adam([{"params": []}]), ValueError, "Adam: a parameter group got an empty parameter list"),
@@ -263,3 +274,27 @@ def test_a_float64_learning_rate_keeps_float32_parameters_float32(make):
     assert p.dtype == np.float32
     for state in opt.state.values():
         assert all(v.dtype == np.float32 for v in state.values() if hasattr(v, "dtype"))
+
+
+def test_adam_with_the_smallest_eps_keeps_a_zero_gradient_parameter_finite():
+    p = nn.Parameter(np.ones(2))
+    opt = optim.Adam([p], lr=0.1, eps=5e-324)  # the smallest eps > 0 (a subnormal)
+    p.grad = Tensor(np.zeros(2))
+    opt.step()
+    np.testing.assert_array_equal(p.numpy(), np.ones(2))  # 0 / (0 + eps) = 0, not NaN
+
+
+@pytest.mark.parametrize("make, key, value, piece", [
+    (lambda p: optim.Adam([p]), "eps", 0.0, "Adam: eps must be a finite number > 0.0, got 0.0"),
+    (lambda p: optim.SGD([p], lr=0.1), "lr", -0.5, "SGD: lr must be a finite number >= 0.0, got -0.5"),
+    (lambda p: optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True), "dampening", 0.5,
+     "SGD: nesterov needs momentum > 0 and dampening = 0"),
+])
+def test_step_checks_hyperparameters_changed_after_construction(make, key, value, piece):
+    p = nn.Parameter(np.ones(2))
+    opt = make(p)
+    opt.param_groups[0][key] = value  # as a learning-rate schedule writes group["lr"]
+    p.grad = Tensor(np.zeros(2))
+    with pytest.raises(ValueError, match=piece):
+        opt.step()
+    np.testing.assert_array_equal(p.numpy(), np.ones(2))  # refused before any update
