@@ -115,21 +115,32 @@ class Optimizer:
         The hyperparameters are checked again first: a schedule (or a caller) may have
         changed ``group["lr"]`` and the rest since the optimiser was built.
         """
+        name = type(self).__name__
         for group in self.param_groups:
             self._check_group(group)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
+        pending = [(p, group) for group in self.param_groups for p in group["params"]
+                   if p.grad is not None]
+        for p, _ in pending:  # everything is checked before any parameter changes
+            if p.grad.shape != p.shape or p.grad.device != p.device:
+                raise ValueError(
+                    f"{name}.step: a gradient of shape {p.grad.shape} on "
+                    f"{p.grad.device} does not fit its parameter {p.shape} on {p.device}"
+                )
+            for key, value in self.state.get(p, {}).items():
+                if isinstance(value, numbers.Number):  # a step count
                     continue
-                if p.grad.shape != p.shape or p.grad.device != p.device:
+                where = "cpu" if isinstance(value, np.ndarray) else "cuda"
+                if tuple(np.shape(value)) != p.shape or where != p.device:
                     raise ValueError(
-                        f"{type(self).__name__}.step: a gradient of shape {p.grad.shape} on "
-                        f"{p.grad.device} does not fit its parameter {p.shape} on {p.device}"
+                        f"{name}.step: the state {key!r} of shape {tuple(np.shape(value))} on "
+                        f"{where} does not fit its parameter {p.shape} on {p.device} (the "
+                        "parameter was reshaped or moved after a step; build a new optimiser)"
                     )
-                state = self.state.setdefault(p, {})
-                updated = self._update(p.data, p.grad.data, state, group)
-                # a float64 hyperparameter (lr = np.float64(...)) must not promote the parameter
-                p.data = updated if updated.dtype == p.dtype else updated.astype(p.dtype)
+        for p, group in pending:
+            state = self.state.setdefault(p, {})
+            updated = self._update(p.data, p.grad.data, state, group)
+            # a float64 hyperparameter (lr = np.float64(...)) must not promote the parameter
+            p.data = updated if updated.dtype == p.dtype else updated.astype(p.dtype)
 
     def _check_group(self, group: dict) -> None:  # pragma: no cover - documented interface
         raise NotImplementedError

@@ -298,3 +298,19 @@ def test_step_checks_hyperparameters_changed_after_construction(make, key, value
     with pytest.raises(ValueError, match=piece):
         opt.step()
     np.testing.assert_array_equal(p.numpy(), np.ones(2))  # refused before any update
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.Adam(ps, lr=0.1)])
+def test_a_parameter_reshaped_after_a_step_is_refused_before_any_update(make):
+    a, b = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))
+    opt = make([a, b])
+    a.grad, b.grad = Tensor(np.ones(3)), Tensor(np.ones(2))
+    opt.step()
+    before = a.numpy().copy()
+    b.data = np.ones(1)  # its momentum (3 entries would broadcast) no longer fits
+    a.grad, b.grad = Tensor(np.ones(3)), Tensor(np.ones(1))
+    with pytest.raises(ValueError, match=r"step: the state '\w+' of shape \(2,\) on cpu does not "
+                                         r"fit its parameter \(1,\) on cpu"):
+        opt.step()
+    np.testing.assert_array_equal(a.numpy(), before)  # a was not updated either
