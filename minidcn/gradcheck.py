@@ -51,7 +51,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
             directions.
         directions: int >= 0, how many random directions for those large inputs (>= 1 if
             there is one).
-        seed: seeds the output projection and the directions (the check is repeatable).
+        seed: int >= 0, seeds the output projection and the directions (the check is
+            repeatable).
         names: optional names for the inputs, used in the failure report.
 
     Raises:
@@ -72,6 +73,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
     rtol = check_float("gradcheck", "rtol", rtol, 0.0)
     max_entries = check_int("gradcheck", "max_entries", max_entries, 0)
     directions = check_int("gradcheck", "directions", directions, 0)
+    seed = check_int("gradcheck", "seed", seed, 0)
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input is a Tensor with requires_grad=True")

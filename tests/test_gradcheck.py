@@ -166,6 +166,8 @@ def test_input_errors():
      "gradcheck: input 0 has 6 elements, more than max_entries=0, so it is checked along "
      "random directions, but directions=0 would check none; give directions >= 1 or "
      "max_entries >= 6"),
+    (dict(seed=-1), ValueError, "gradcheck: seed must be >= 0, got -1"),
+    (dict(seed="0"), TypeError, "gradcheck: seed must be an int, got str '0'"),
     (dict(names=["u", "v"]), ValueError, "gradcheck: names must give one name per input, got 2 "
      "names for 1 inputs"),
     (dict(names="u"), TypeError, "gradcheck: names must be a sequence of str, got str"),

@@ -602,6 +602,11 @@ def test_batch_norm2d_refuses_a_counter_it_cannot_count_from():
     with pytest.raises(TypeError, match="BatchNorm2d: buffer num_batches_tracked must be a 0-d "
                                         "integer array, got float 2.0"):
         bn(x)
+    bn.num_batches_tracked = np.array(2**63 - 1)
+    with pytest.raises(ValueError, match="num_batches_tracked must be <= 9223372036854775806 "
+                                         "\\(one more batch must fit in int64\\)"):
+        bn(x)
+    assert np.all(bn.running_mean == 0)
     bn.num_batches_tracked = 2  # a plain int is a counter too
     bn(x)
     assert bn.num_batches_tracked == 3 and bn.state_dict()["num_batches_tracked"].dtype == np.int64

@@ -99,9 +99,16 @@ class InstanceNorm2d(GroupNorm):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
+_MOST_BATCHES = np.iinfo(np.int64).max - 1  # one more batch must still fit in int64
+
+
 def _counter_problem(value: np.ndarray) -> str | None:
-    """num_batches_tracked must be >= 0: momentum=None divides by it + 1."""
-    return f"must be >= 0 (batches seen), got {int(value)}" if value < 0 else None
+    """num_batches_tracked must be >= 0 (momentum=None divides by it + 1), and countable."""
+    if value < 0:
+        return f"must be >= 0 (batches seen), got {int(value)}"
+    if value > _MOST_BATCHES:
+        return f"must be <= {_MOST_BATCHES} (one more batch must fit in int64), got {int(value)}"
+    return None
 
 
 class BatchNorm2d(Module):
