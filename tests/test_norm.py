@@ -390,6 +390,7 @@ def test_batch_norm2d_matches_torch_over_training_steps(momentum):
 # ---------------------------------------------------------------------------- bad input
 X = randn(2, 4, 3, 3).astype(np.float32)
 C4 = np.ones(4, np.float32)
+W4, XT = Tensor(C4.copy()), Tensor(X.copy())
 
 
 def _overlapping_halves():
@@ -436,11 +437,16 @@ def _overlapping_halves():
      "batch_norm: running_mean must be finite to normalise by it (training=False), got nan at "
      "channel 1"),
     (lambda: F.batch_norm(X, C4, C4), ValueError, "batch_norm: running_mean and running_var "
-     "must be two separate arrays, got two that share memory (each is updated in place)"),
+     "must be separate arrays, got two that share memory (running_mean is updated in place)"),
     (lambda: F.batch_norm(X, Tensor(C4), C4, training=True), ValueError,
-     "batch_norm: running_mean and running_var must be two separate arrays"),
+     "batch_norm: running_mean and running_var must be separate arrays"),
     (lambda: F.batch_norm(X, *_overlapping_halves(), training=True), ValueError,
-     "batch_norm: running_mean and running_var must be two separate arrays"),
+     "batch_norm: running_mean and running_var must be separate arrays"),
+    (lambda: F.batch_norm(X, np.zeros(4, np.float32), W4.data, W4, training=True), ValueError,
+     "batch_norm: running_var and weight must be separate arrays, got two that share memory "
+     "(running_var is updated in place)"),
+    (lambda: F.batch_norm(XT, XT.data[0, :, 0, 0], C4.copy(), training=True), ValueError,
+     "batch_norm: running_mean and input must be separate arrays"),
     (lambda: F.group_norm("x", 2), TypeError, "group_norm: input must be a Tensor"),
     (lambda: F.layer_norm(X, np.ones(2, np.float32)), ValueError, "layer_norm: weight"),
     (lambda: F.instance_norm(X[0, 0, 0]), ValueError, "instance_norm: input must be (N, C, *)"),
@@ -524,7 +530,7 @@ def test_aliased_device_running_statistics_are_refused():
     x = Tensor(X).to("cuda")
     rm = CudaArray.from_host(np.zeros(4, np.float32))
     for rv in (rm, rm.reshape(4), CudaArray(rm.dev)):
-        with pytest.raises(ValueError, match="running_mean and running_var must be two separate"):
+        with pytest.raises(ValueError, match="running_mean and running_var must be separate"):
             F.batch_norm(x, rm, rv, training=True)
     rv = CudaArray.from_host(np.ones(4, np.float32))
     F.batch_norm(x, rm, rv, training=True)  # two allocations: fine

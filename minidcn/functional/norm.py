@@ -153,7 +153,7 @@ def _running_stat(fn, name, value, x: Tensor):
 
 
 def _shares_memory(a, b) -> bool:
-    """Whether two running-statistics arrays (both host or both device) overlap in memory."""
+    """Whether two arrays (both host or both device) overlap in memory."""
     if isinstance(a, np.ndarray):
         return bool(np.shares_memory(a, b))
 
@@ -164,6 +164,19 @@ def _shares_memory(a, b) -> bool:
 
     (a_start, a_end), (b_start, b_end) = span(a), span(b)
     return a_start < b_end and b_start < a_end
+
+
+def _check_separate(fn, buffers: dict, tensors: dict) -> None:
+    """The running statistics are updated in place: neither may overlap the other, nor the
+    input, weight or bias (an update would change them mid-call)."""
+    names = list(buffers)
+    for i, name in enumerate(names):
+        others = {**{n: buffers[n] for n in names[i + 1:]},
+                  **{n: t.data for n, t in tensors.items() if t is not None}}
+        for other, array in others.items():
+            if _shares_memory(buffers[name], array):
+                raise ValueError(f"{fn}: {name} and {other} must be separate arrays, got two "
+                                 f"that share memory ({name} is updated in place)")
 
 
 def _check_running_values(fn, mean, var) -> None:
@@ -267,7 +280,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         input: (N, C, *) Tensor, not empty.
         running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
             ndarray, CudaArray, or a Tensor whose data is updated), two separate arrays
-            (not sharing memory), or both None (training only: then nothing is tracked).
+            that share memory with neither each other nor input, weight or bias; or both
+            None (training only: then nothing is tracked).
         weight, bias: (C,) Tensors or None (identity).
         training: bool.
         momentum: in [0, 1].
@@ -281,9 +295,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"{fn}: running_mean and running_var must both be given or both be "
                          f"None, got running_mean={'None' if mean_buffer is None else 'array'}, "
                          f"running_var={'None' if var_buffer is None else 'array'}")
-    if mean_buffer is not None and _shares_memory(mean_buffer, var_buffer):
-        raise ValueError(f"{fn}: running_mean and running_var must be two separate arrays, "
-                         "got two that share memory (each is updated in place)")
+    if mean_buffer is not None:
+        _check_separate(fn, {"running_mean": mean_buffer, "running_var": var_buffer},
+                        {"input": x, "weight": w, "bias": b})
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
     momentum = check_float(fn, "momentum", momentum, 0.0)
