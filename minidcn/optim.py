@@ -64,7 +64,11 @@ class Optimizer:
                 f"{name}: params must be an iterable of Tensors or of dicts, got a single "
                 f"{type(params).__name__}; wrap it in a list"
             )
-        groups = list(params)
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(f"{name}: params must be an iterable of Tensors or of dicts, got "
+                            f"{type(params).__name__}") from None
         if not groups:
             raise ValueError(f"{name}: got an empty parameter list")
         if not all(isinstance(g, dict) for g in groups):

@@ -272,6 +272,8 @@ def test_paths_are_str_or_pathlike_and_a_missing_file_is_named(tmp_path):
     with pytest.raises(ValueError, match=f"load_state_dict: missing keys \\[.*\\], unexpected "
                                          f"keys \\['weight', 'bias'\\] in '{tmp_path}/model'"):
         TwoLayer().load_state_dict(tmp_path / "model")
+    with pytest.raises(ValueError, match="save: path '.*' is a directory, expected a file name"):
+        m.save(tmp_path)
     with pytest.raises(FileNotFoundError) as info:
         m.load_state_dict(tmp_path / "absent.npz")
     assert "load_state_dict: no such file" in str(info.value)
@@ -300,6 +302,16 @@ def test_a_value_that_would_change_on_loading_is_refused(tmp_path, value, error,
     np.testing.assert_array_equal(m.weight.numpy(), before)
 
 
+def test_a_dict_value_that_is_not_numbers_is_named():
+    m = nn.Linear(2, 2)
+    with pytest.raises(TypeError) as info:
+        m.load_state_dict({"weight": None, "bias": np.zeros(2)})
+    assert str(info.value) == ("load_state_dict: key 'weight' has NoneType, expected real "
+                               "numbers (int or float) for float32")
+    with pytest.raises(TypeError, match="load_state_dict: key 'weight' is not an array"):
+        m.load_state_dict({"weight": [[1.0, 2.0], [3.0]], "bias": np.zeros(2)})
+
+
 def test_integers_load_into_float_parameters_exactly():
     m = nn.Linear(2, 2)
     m.load_state_dict({"weight": np.array([[1, 2], [3, 4]]), "bias": np.array([0, -1])})
@@ -324,3 +336,10 @@ def test_an_integer_buffer_takes_only_whole_numbers_that_fit(value, error, messa
     assert bn.num_batches_tracked == 0
     bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(7.0)))
     assert bn.num_batches_tracked == 7 and bn.num_batches_tracked.dtype == np.int64
+
+
+def test_train_mode_must_be_a_bool():
+    m = TwoLayer()
+    with pytest.raises(TypeError, match="TwoLayer.train: mode must be a bool, got str 'no'"):
+        m.train("no")
+    assert m.training and m.eval().train(np.bool_(True)).training

@@ -427,6 +427,12 @@ def _overlapping_halves():
     (lambda: nn.InstanceNorm2d(4, eps=0.0), ValueError,
      "InstanceNorm2d: eps must be a finite number > 0"),
     (lambda: nn.BatchNorm2d(4, eps=0.0), ValueError, "BatchNorm2d: eps must be a finite number > 0"),
+    (lambda: nn.BatchNorm2d(4, affine="no"), TypeError, "BatchNorm2d: affine must be a bool, "
+     "got str 'no'"),
+    (lambda: nn.BatchNorm2d(4, track_running_stats=0), TypeError,
+     "BatchNorm2d: track_running_stats must be a bool, got int 0"),
+    (lambda: nn.GroupNorm(2, 4, affine=None), TypeError, "GroupNorm: affine must be a bool, "
+     "got NoneType None"),
     (lambda: F.batch_norm(X, np.zeros(4, np.float32), -C4), ValueError,
      "batch_norm: running_var must be finite and >= 0 (a variance) to normalise by it "
      "(training=False), got -1.0 at channel 0"),

@@ -170,6 +170,8 @@ def _p():
 @pytest.mark.parametrize("make, error, piece", [
     (lambda: optim.SGD([], lr=0.1), ValueError, "SGD: got an empty parameter list"),
     (lambda: optim.SGD(_p(), lr=0.1), TypeError, "SGD: params must be an iterable of Tensors"),
+    (lambda: optim.SGD(None, lr=0.1), TypeError,
+     "SGD: params must be an iterable of Tensors or of dicts, got NoneType"),
     (lambda: optim.SGD([_p()], lr=-0.1), ValueError, "SGD: lr must be a finite number >= 0.0, got -0.1"),
     (lambda: optim.SGD([_p()], lr="fast"), TypeError, "SGD: lr must be a real number, got str"),
     (lambda: optim.SGD([_p()], lr=float("nan")), ValueError, "SGD: lr must be a finite number"),

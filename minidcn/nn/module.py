@@ -76,13 +76,14 @@ def _converted(key: str, where: str, value, like: np.ndarray) -> np.ndarray:
         arr = np.asarray(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{fn} is not an array ({err})") from None
-    if arr.shape != like.shape:
-        raise ValueError(f"{fn} has shape {arr.shape}, expected {like.shape}")
     target = like.dtype
     if arr.dtype.kind not in "iuf":  # a float for an integer buffer must be whole (below)
+        got = f"dtype {arr.dtype}" if arr.dtype != object else type(value).__name__
         lost = " (the imaginary part would be lost)" if arr.dtype.kind == "c" else ""
-        raise TypeError(f"{fn} has dtype {arr.dtype}{lost}, expected real numbers (int or "
-                        f"float) for {target}")
+        raise TypeError(f"{fn} has {got}{lost}, expected real numbers (int or float) for "
+                        f"{target}")
+    if arr.shape != like.shape:
+        raise ValueError(f"{fn} has shape {arr.shape}, expected {like.shape}")
     if target.kind == "f":
         with np.errstate(over="ignore"):  # an overflow is reported below, naming the key
             out = arr.astype(target)
@@ -186,6 +187,9 @@ class Module:
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> "Module":
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got "
+                            f"{type(mode).__name__} {mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
@@ -243,7 +247,10 @@ class Module:
         The file gets exactly that name (``numpy.savez`` would append ``.npz`` to a name
         without it, and loading the same name would then find no file).
         """
-        with open(_state_path("save", "path", path), "wb") as f:
+        path = _state_path("save", "path", path)
+        if os.path.isdir(path):
+            raise ValueError(f"save: path {path!r} is a directory, expected a file name")
+        with open(path, "wb") as f:
             np.savez(f, **self.state_dict())
 
     def load_state_dict(self, state) -> None:

@@ -23,6 +23,12 @@ from .module import Module, Parameter
 __all__ = ["GroupNorm", "BatchNorm2d", "LayerNorm", "InstanceNorm2d"]
 
 
+def _flag(layer: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def _check_input(layer: str, x, channels: int, ndim: int | None = None):
     """``x`` as a Tensor with ``channels`` channels (and ``ndim`` dimensions when given)."""
     x = as_tensor(layer, "input", x)
@@ -50,7 +56,7 @@ class GroupNorm(Module):
             raise ValueError(f"{layer}: num_channels = {num_channels} must be divisible by "
                              f"num_groups = {num_groups}")
         self.eps = positive_eps(layer, eps)
-        self.affine = bool(affine)
+        self.affine = _flag(layer, "affine", affine)
         dtype = _layer_dtype(layer, dtype)
         self.weight = Parameter(np.ones(self.num_channels, dtype)) if self.affine else None
         self.bias = Parameter(np.zeros(self.num_channels, dtype)) if self.affine else None
@@ -140,8 +146,8 @@ class BatchNorm2d(Module):
             if momentum > 1.0:
                 raise ValueError(f"{layer}: momentum must be in [0, 1] or None, got {momentum}")
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = _flag(layer, "affine", affine)
+        self.track_running_stats = _flag(layer, "track_running_stats", track_running_stats)
         dtype = _layer_dtype(layer, dtype)
         self.weight = Parameter(np.ones(self.num_features, dtype)) if self.affine else None
         self.bias = Parameter(np.zeros(self.num_features, dtype)) if self.affine else None
