@@ -32,6 +32,9 @@ from .grad_mode import no_grad
 from .tensor import Tensor
 
 
+MAX_DIRECTIONS = 2**16  # random directions per input: more is a mistake, not a stricter check
+
+
 class GradcheckError(AssertionError):
     """Raised when an analytic gradient disagrees with its finite-difference estimate."""
 
@@ -49,8 +52,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
             finite and >= 0.
         max_entries: int >= 0; inputs with more elements are checked along random
             directions.
-        directions: int >= 0, how many random directions for those large inputs (>= 1 if
-            there is one).
+        directions: int in [0, 2**16], how many random directions for those large inputs
+            (>= 1 if there is one).
         seed: int >= 0, seeds the output projection and the directions (the check is
             repeatable).
         names: optional names for the inputs, used in the failure report.
@@ -60,9 +63,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
         TypeError: if a checked input is not float64, ``fn`` returns no Tensor, or an
             argument has the wrong type.
         ValueError: for arguments that would divide by zero or check nothing: eps must be
-            finite and > 0, atol and rtol finite and >= 0, max_entries and directions
-            >= 0, some input must be a Tensor with requires_grad=True and at least one
-            element, and an input larger than ``max_entries`` needs ``directions >= 1``.
+            finite and > 0, atol and rtol finite and >= 0, max_entries >= 0, directions in
+            [0, 2**16], some input must be a Tensor with requires_grad=True and at least
+            one element, and an input larger than ``max_entries`` needs ``directions >= 1``.
     """
     inputs, names = _arguments(fn, inputs, names)
     eps = check_float("gradcheck", "eps", eps)
@@ -73,6 +76,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
     rtol = check_float("gradcheck", "rtol", rtol, 0.0)
     max_entries = check_int("gradcheck", "max_entries", max_entries, 0)
     directions = check_int("gradcheck", "directions", directions, 0)
+    if directions > MAX_DIRECTIONS:
+        raise ValueError(f"gradcheck: directions must be <= {MAX_DIRECTIONS} (each costs two "
+                         f"calls of fn), got {directions}")
     seed = check_int("gradcheck", "seed", seed, 0)
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
@@ -125,11 +131,13 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
         if base.size <= max_entries:
             num, ana, where = _entrywise(shifted, base, eps), analytic[i], "index"
         else:
-            vs = rng.standard_normal((directions,) + base.shape)
-            vs /= np.sqrt((vs**2).sum(axis=tuple(range(1, vs.ndim)), keepdims=True))
-            num = np.array([(shifted(eps * v) - shifted(-eps * v)) / (2 * eps) for v in vs])
-            ana = np.array([np.sum(analytic[i] * v) for v in vs])
-            where = "random direction"
+            num, ana = [], []
+            for _ in range(directions):  # one at a time: memory stays one input's size
+                v = rng.standard_normal(base.shape)
+                v /= np.sqrt(np.sum(v**2))
+                num.append((shifted(eps * v) - shifted(-eps * v)) / (2 * eps))
+                ana.append(np.sum(analytic[i] * v))
+            num, ana, where = np.array(num), np.array(ana), "random direction"
         _compare(names[i], inputs[i].shape, where, ana, num, atol, rtol)
     return True
 

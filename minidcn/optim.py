@@ -70,7 +70,8 @@ class Optimizer:
             raise TypeError(f"{name}: params must be an iterable of Tensors or of dicts, got "
                             f"{type(params).__name__}") from None
         if not groups:
-            raise ValueError(f"{name}: got an empty parameter list")
+            raise ValueError(f"{name}: params must hold at least one Tensor or group, got an "
+                             "empty parameter list")
         if not all(isinstance(g, dict) for g in groups):
             groups = [{"params": groups}]
         for group in groups:
@@ -91,7 +92,8 @@ class Optimizer:
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         if not params:
-            raise ValueError(f"{name}: a parameter group got an empty parameter list")
+            raise ValueError(f"{name}: a parameter group's params must hold at least one "
+                             "Tensor, got an empty parameter list")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):

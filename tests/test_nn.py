@@ -276,6 +276,7 @@ def test_paths_are_str_or_pathlike_and_a_missing_file_is_named(tmp_path):
         m.save(tmp_path)
     with pytest.raises(FileNotFoundError) as info:
         m.load_state_dict(tmp_path / "absent.npz")
+    assert isinstance(info.value, ValueError)  # a refused argument, like every other one
     assert "load_state_dict: no such file" in str(info.value)
     assert str(tmp_path / "absent.npz") in str(info.value)
 

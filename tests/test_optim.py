@@ -168,7 +168,8 @@ def _p():
 
 
 @pytest.mark.parametrize("make, error, piece", [
-    (lambda: optim.SGD([], lr=0.1), ValueError, "SGD: got an empty parameter list"),
+    (lambda: optim.SGD([], lr=0.1), ValueError,
+     "SGD: params must hold at least one Tensor or group, got an empty parameter list"),
     (lambda: optim.SGD(_p(), lr=0.1), TypeError, "SGD: params must be an iterable of Tensors"),
     (lambda: optim.SGD(None, lr=0.1), TypeError,
      "SGD: params must be an iterable of Tensors or of dicts, got NoneType"),
@@ -201,7 +202,8 @@ def _p():
     (lambda: optim.SGD([_p()], lr=True), TypeError, "SGD: lr must be a real number, got bool"),
     (lambda: optim.Adam([_p()], lr=-1), ValueError, "Adam: lr must be"),
     (lambda: optim.Adam([{"params": [_p()], "lr": -1}]), ValueError, "Adam: lr must be"),
-    (lambda: optim.Adam([{"params": []}]), ValueError, "Adam: a parameter group got an empty parameter list"),
+    (lambda: optim.Adam([{"params": []}]), ValueError,
+     "Adam: a parameter group's params must hold at least one Tensor, got an empty parameter list"),
     (lambda: optim.Adam([{"lr": 0.1}]), ValueError, "Adam: a parameter group needs a 'params' entry"),
     (lambda: optim.Adam([{"params": [_p()], "momentum": 0.9}]), TypeError,
      "Adam: unknown option\\(s\\) \\['momentum'\\] in a parameter group"),

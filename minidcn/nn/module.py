@@ -23,6 +23,14 @@ from ..tensor import FLOAT_DTYPES, Tensor
 _NPZ = "expected an .npz archive written by Module.save"
 
 
+class StateFileNotFoundError(FileNotFoundError, ValueError):
+    """No file at the path given to load_state_dict.
+
+    A FileNotFoundError, as Python's own file functions raise (``except FileNotFoundError``
+    keeps working), and a ValueError, as every other refusal of a bad argument here.
+    """
+
+
 def _state_path(fn: str, name: str, path) -> str:
     """A str path from a str or os.PathLike; anything else (bytes included) is a TypeError."""
     fspath = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
@@ -39,7 +47,7 @@ def _read_npz(path: str) -> dict:
     if os.path.isdir(path):
         raise ValueError(f"{fn}: {path!r} is a directory, {_NPZ}")
     if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, f"{fn}: no such file ({_NPZ})", path)
+        raise StateFileNotFoundError(errno.ENOENT, f"{fn}: no such file ({_NPZ})", path)
     with open(path, "rb") as f:
         head = f.read(6)
     if not head:
@@ -265,7 +273,8 @@ class Module:
         overflows float32); integer buffers take whole numbers that fit.  A layer may refuse
         values its forward cannot use (BatchNorm2d: a negative ``num_batches_tracked`` or
         ``running_var``).  Every error names the key (and the file); nothing is loaded
-        unless every entry is valid.
+        unless every entry is valid.  A missing file raises :class:`StateFileNotFoundError`,
+        both a FileNotFoundError and a ValueError.
         """
         where = ""
         if isinstance(state, (str, bytes, os.PathLike)):
