@@ -283,11 +283,9 @@ def test_paths_are_str_or_pathlike_and_a_missing_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("value, error, message", [
     (np.ones((2, 2)) + 1j, TypeError, "key 'weight' in {file} has dtype complex128 (the "
-     "imaginary part would be lost), expected real numbers (int or float) for float32"),
+     "imaginary part would be lost), expected real numbers (bool, int or float) for float32"),
     (np.array([["a", "b"], ["c", "d"]]), TypeError, "key 'weight' in {file} has dtype <U1, "
-     "expected real numbers (int or float) for float32"),
-    (np.ones((2, 2), bool), TypeError, "key 'weight' in {file} has dtype bool, expected real "
-     "numbers (int or float) for float32"),
+     "expected real numbers (bool, int or float) for float32"),
     (np.full((2, 2), 1e300), ValueError, "key 'weight' in {file} holds 1e+300, which overflows "
      "float32"),
     (np.ones((2, 3)), ValueError, "key 'weight' in {file} has shape (2, 3), expected (2, 2)"),
@@ -308,16 +306,17 @@ def test_a_dict_value_that_is_not_numbers_is_named():
     with pytest.raises(TypeError) as info:
         m.load_state_dict({"weight": None, "bias": np.zeros(2)})
     assert str(info.value) == ("load_state_dict: key 'weight' has NoneType, expected real "
-                               "numbers (int or float) for float32")
+                               "numbers (bool, int or float) for float32")
     with pytest.raises(TypeError, match="load_state_dict: key 'weight' is not an array"):
         m.load_state_dict({"weight": [[1.0, 2.0], [3.0]], "bias": np.zeros(2)})
 
 
-def test_integers_load_into_float_parameters_exactly():
+def test_integers_and_bools_load_into_float_parameters_exactly():
     m = nn.Linear(2, 2)
-    m.load_state_dict({"weight": np.array([[1, 2], [3, 4]]), "bias": np.array([0, -1])})
+    m.load_state_dict({"weight": np.array([[1, 2], [3, 4]]), "bias": np.array([True, False])})
     np.testing.assert_array_equal(m.weight.numpy(), [[1, 2], [3, 4]])
-    assert m.weight.dtype == np.float32
+    np.testing.assert_array_equal(m.bias.numpy(), [1, 0])
+    assert m.weight.dtype == np.float32 and m.bias.dtype == np.float32
 
 
 @pytest.mark.parametrize("value, error, message", [
@@ -327,7 +326,6 @@ def test_integers_load_into_float_parameters_exactly():
     (np.array(2.0**70), ValueError, "key 'num_batches_tracked' holds values in "
      "[1.1805916207174113e+21, 1.1805916207174113e+21], outside int64's range"),
     (np.array(-1), ValueError, "key 'num_batches_tracked' must be >= 0 (batches seen), got -1"),
-    (np.array(True), TypeError, "key 'num_batches_tracked' has dtype bool"),
 ])
 def test_an_integer_buffer_takes_only_whole_numbers_that_fit(value, error, message):
     bn = nn.BatchNorm2d(2)

@@ -85,11 +85,11 @@ def _converted(key: str, where: str, value, like: np.ndarray) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise TypeError(f"{fn} is not an array ({err})") from None
     target = like.dtype
-    if arr.dtype.kind not in "iuf":  # a float for an integer buffer must be whole (below)
+    if arr.dtype.kind not in "biuf":  # a float for an integer buffer must be whole (below)
         got = f"dtype {arr.dtype}" if arr.dtype != object else type(value).__name__
         lost = " (the imaginary part would be lost)" if arr.dtype.kind == "c" else ""
-        raise TypeError(f"{fn} has {got}{lost}, expected real numbers (int or float) for "
-                        f"{target}")
+        raise TypeError(f"{fn} has {got}{lost}, expected real numbers (bool, int or float) "
+                        f"for {target}")
     if arr.shape != like.shape:
         raise ValueError(f"{fn} has shape {arr.shape}, expected {like.shape}")
     if target.kind == "f":
@@ -269,8 +269,8 @@ class Module:
         ``allow_pickle=False``: an entry holding Python objects is refused, never unpickled.
         Every key must be present with exactly the expected shape and no key may be extra.
         Values are converted to the parameter's or buffer's dtype only when nothing is lost:
-        float parameters take int or float numbers (not bool, complex, text, or a value that
-        overflows float32); integer buffers take whole numbers that fit.  A layer may refuse
+        float parameters take bool, int or float numbers (not complex, text, objects, or a
+        value that overflows float32); integer buffers take whole numbers that fit.  A layer may refuse
         values its forward cannot use (BatchNorm2d: a negative ``num_batches_tracked`` or
         ``running_var``).  Every error names the key (and the file); nothing is loaded
         unless every entry is valid.  A missing file raises :class:`StateFileNotFoundError`,
