@@ -512,6 +512,13 @@ def test_batchnorm_module_moves_to_cuda_and_back_keeping_its_counter_an_int():
     assert state["running_mean"].dtype == np.float64
 
 
+def test_read_only_running_statistics_are_fine_in_evaluation():
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    rm.flags.writeable = rv.flags.writeable = False  # evaluation only reads them
+    y = F.batch_norm(Tensor(X), rm, rv).numpy()
+    np.testing.assert_allclose(y, X / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
 def test_separate_views_of_one_buffer_are_not_aliased():
     buffer = np.concatenate([np.zeros(4), np.ones(4)])
     x = randn(3, 4, 2, 2)

@@ -129,8 +129,9 @@ def positive_eps(fn, eps) -> float:
     return eps
 
 
-def _running_stat(fn, name, value, x: Tensor):
-    """The raw array (host ndarray or CudaArray) that batch_norm updates in place, or None."""
+def _running_stat(fn, name, value, x: Tensor, written: bool):
+    """The raw array (host ndarray or CudaArray) that batch_norm reads, or updates in place
+    when ``written`` (training), or None."""
     if value is None:
         return None
     array = value.data if isinstance(value, Tensor) else value
@@ -146,7 +147,7 @@ def _running_stat(fn, name, value, x: Tensor):
     device = "cpu" if isinstance(array, np.ndarray) else "cuda"
     if device != x.device:
         raise ValueError(f"{fn}: {name} is on {device} but input is on {x.device}")
-    if device == "cpu" and not array.flags.writeable:
+    if written and device == "cpu" and not array.flags.writeable:
         raise ValueError(f"{fn}: {name} is a read-only array; it must be writable to be "
                          "updated in place")
     return array
@@ -279,7 +280,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     Args:
         input: (N, C, *) Tensor, not empty.
         running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
-            ndarray, CudaArray, or a Tensor whose data is updated), two separate arrays
+            ndarray, CudaArray, or a Tensor whose data is updated; writable when
+            training, which updates them; read-only arrays are fine in evaluation), two
+            separate arrays
             that share memory with neither each other nor input, weight or bias; or both
             None (training only: then nothing is tracked).
         weight, bias: (C,) Tensors or None (identity).
@@ -289,8 +292,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     fn = "batch_norm"
     x, w, b = _input_and_affine(fn, input, weight, bias)
-    mean_buffer = _running_stat(fn, "running_mean", running_mean, x)
-    var_buffer = _running_stat(fn, "running_var", running_var, x)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
+    mean_buffer = _running_stat(fn, "running_mean", running_mean, x, training)
+    var_buffer = _running_stat(fn, "running_var", running_var, x, training)
     if (mean_buffer is None) != (var_buffer is None):
         raise ValueError(f"{fn}: running_mean and running_var must both be given or both be "
                          f"None, got running_mean={'None' if mean_buffer is None else 'array'}, "
@@ -298,8 +303,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if mean_buffer is not None:
         _check_separate(fn, {"running_mean": mean_buffer, "running_var": var_buffer},
                         {"input": x, "weight": w, "bias": b})
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
     momentum = check_float(fn, "momentum", momentum, 0.0)
     if momentum > 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
