@@ -282,9 +282,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
             ndarray, CudaArray, or a Tensor whose data is updated; writable when
             training, which updates them; read-only arrays are fine in evaluation), two
-            separate arrays
-            that share memory with neither each other nor input, weight or bias; or both
-            None (training only: then nothing is tracked).
+            separate arrays that share memory with neither each other nor input, weight or
+            bias; or both None (training only: then nothing is tracked).
         weight, bias: (C,) Tensors or None (identity).
         training: bool.
         momentum: in [0, 1].
