@@ -342,7 +342,7 @@ def _orig_array(name, kw, key):
 
 
 # other names a clear message may use for an argument of these ops
-ALIASES = {"mul": ["first operand", "second operand"], "deform_conv2d": ["offset", "mask"],
+ALIASES = {"mul": ["operand"], "matmul": ["operand"], "deform_conv2d": ["offset", "mask"],
            "cross_entropy": ["target"], "log_softmax": ["dim"], "linear": ["in_features"]}
 
 
@@ -1024,7 +1024,7 @@ def build_misc():
         arg = re.findall(r"(\w+)=", name)
         names = arg or ["in_channels", "out_channels", "kernel_size", "num_groups",
                         "num_features", "in_features", "output_size", "spatial_scale",
-                        "groups", "modules", "module", "sampling_ratio", "gamma"]
+                        "groups", "argument 0", "sampling_ratio", "gamma"]
         if name == "Linear(2**40,2**40)":
             names = ["in_features", "out_features"]
         add(f"nn.{name}", "hyper", lambda make=make: nn_forward(make(md().nn)), names,
@@ -1196,11 +1196,12 @@ def build_misc():
             "abc"), ["grad"], True),
         ("add_shapes_mismatch", lambda T: T(np.ones(3)) + T(np.ones(4)), ["shape", "other"],
          True),
-        ("mul_string", lambda T: T(np.ones(3)) * "a", ["other"], True),
+        ("mul_string", lambda T: T(np.ones(3)) * "a", ["other", "second operand"], True),
         ("matmul_mismatch", lambda T: T(np.ones((2, 3))) @ T(np.ones((4, 2))),
          ["other", "shape"], True),
-        ("matmul_0d", lambda T: T(np.ones(())) @ T(np.ones(())), ["input", "other"], True),
-        ("pow_complex", lambda T: T(np.ones(3)) ** 1j, ["exponent"], True),
+        ("matmul_0d", lambda T: T(np.ones(())) @ T(np.ones(())), ["input", "other", "operand"],
+         True),
+        ("pow_complex", lambda T: T(np.ones(3)) ** 1j, ["exponent", "second operand"], True),
         ("cast_int", lambda T: F().cast(T(np.ones(3)), np.int64), ["dtype"], True),
         ("set_backend('cuda')", lambda T: md().set_backend("cuda"), ["name"], True),
         ("cross_entropy_target_-1", lambda T: F().cross_entropy(T(np.ones((2, 3))), [0, -1]),
