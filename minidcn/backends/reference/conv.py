@@ -87,8 +87,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     cols = im2col(x, kernel, stride, padding, dilation)
     out_size = cols.shape[4:]
     # (G, O_g, K) @ (B, G, K, L) -> (B, G, O_g, L): one product per image and group.
-    cols = cols.reshape(batch, groups, -1, out_size[0] * out_size[1])
-    w = weight.reshape(groups, c_out // groups, -1)
+    # Every size is spelled out (no -1): an empty batch leaves nothing to infer it from.
+    rows = x.shape[1] // groups * kernel[0] * kernel[1]
+    cols = cols.reshape(batch, groups, rows, out_size[0] * out_size[1])
+    w = weight.reshape(groups, c_out // groups, rows)
     y = np.matmul(w, cols).reshape((batch, c_out) + out_size)
     if bias is not None:
         y += bias.reshape(1, c_out, 1, 1)
@@ -105,9 +107,10 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_g
     c_out, kernel = weight.shape[0], weight.shape[2:]
     cols = im2col(x, kernel, stride, padding, dilation)
     cols_shape = cols.shape
-    cols = cols.reshape(batch, groups, -1, grad_y.shape[2] * grad_y.shape[3])  # (B, G, K, L)
-    gy = grad_y.reshape(batch, groups, c_out // groups, -1)                     # (B, G, O_g, L)
-    w = weight.reshape(groups, c_out // groups, -1)                              # (G, O_g, K)
+    rows, positions = x.shape[1] // groups * kernel[0] * kernel[1], grad_y.shape[2] * grad_y.shape[3]
+    cols = cols.reshape(batch, groups, rows, positions)                  # (B, G, K, L)
+    gy = grad_y.reshape(batch, groups, c_out // groups, positions)       # (B, G, O_g, L)
+    w = weight.reshape(groups, c_out // groups, rows)                    # (G, O_g, K)
 
     grad_weight = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
     grad_bias = grad_y.sum(axis=(0, 2, 3))

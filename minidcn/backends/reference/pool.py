@@ -76,7 +76,9 @@ def max_pool2d_backward(grad_y, argmax, input_shape):
     grad_x = np.zeros((planes, height * width), dtype=grad_y.dtype)
     plane_index = np.arange(planes)[:, None]
     # np.add.at adds every duplicate index (a pixel that won several windows) in turn.
-    np.add.at(grad_x, (plane_index, np.reshape(argmax, (planes, -1))), np.reshape(grad_y, (planes, -1)))
+    windows = argmax.shape[2] * argmax.shape[3]  # spelled out: an empty batch has no -1 to infer
+    np.add.at(grad_x, (plane_index, np.reshape(argmax, (planes, windows))),
+              np.reshape(grad_y, (planes, windows)))
     return grad_x.reshape(input_shape)
 
 
