@@ -1,0 +1,137 @@
+"""Integer arguments too large for the kernels, and sizes that would exhaust memory, are
+refused before any kernel runs or any array is allocated, with an error naming the argument.
+
+Limits (``minidcn.functional._validate``): every integer argument at most 2**31 - 1 in
+magnitude (torch's own limit for pooling), and no output, zero-padded input or layer weight
+of more than 2**32 elements.
+"""
+
+import numpy as np
+import pytest
+
+import minidcn.functional as F
+from minidcn import Tensor, nn
+from minidcn.functional._validate import MAX_INT, MAX_OUTPUT_ELEMENTS
+from minidcn.functional.pooling import _has_empty_window
+from helpers import host, on
+
+X = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+W1 = np.ones((3, 2, 1, 1))
+W2 = np.ones((3, 2, 2, 2))
+OFF1 = np.zeros((1, 2, 4, 4))
+ROIS = np.array([[0, 0, 0, 3, 3.0]])
+TOO_BIG = r"must be at most 2\*\*31 - 1 = 2147483647 in magnitude \(the kernels. index arithmetic\)"
+
+HUGE_INTEGERS = [
+    (lambda v: F.conv2d(X, W1, stride=v), "conv2d: stride"),
+    (lambda v: F.conv2d(X, W1, padding=v), "conv2d: padding"),
+    (lambda v: F.conv2d(X, W2, dilation=v), "conv2d: dilation"),
+    (lambda v: F.conv2d(X, W1, groups=v), "conv2d: groups"),
+    (lambda v: F.deform_conv2d(X, OFF1, W1, stride=v), "deform_conv2d: stride"),
+    (lambda v: F.deform_conv2d(X, OFF1, W1, padding=(0, v)), "deform_conv2d: padding"),
+    (lambda v: F.deform_conv2d(X, OFF1, W1, dilation=v), "deform_conv2d: dilation"),
+    (lambda v: F.max_pool2d(X, v, padding=v // 2), "max_pool2d: kernel_size"),
+    (lambda v: F.max_pool2d(X, 2, stride=v), "max_pool2d: stride"),
+    (lambda v: F.max_pool2d(X, 2, dilation=v), "max_pool2d: dilation"),
+    (lambda v: F.avg_pool2d(X, (2, v)), "avg_pool2d: kernel_size"),
+    (lambda v: F.group_norm(X, v), "group_norm: num_groups"),
+    (lambda v: F.roi_pool(X, ROIS, v), "roi_pool: output_size"),
+    (lambda v: F.roi_align(X, ROIS, (2, v)), "roi_align: output_size"),
+    (lambda v: F.roi_align(X, ROIS, 2, sampling_ratio=v), "roi_align: sampling_ratio"),
+    (lambda v: F.roi_align(X, ROIS, 2, sampling_ratio=-int(v)), "roi_align: sampling_ratio"),
+    (lambda v: F.deform_roi_pool(X, ROIS, None, v), "deform_roi_pool: output_size"),
+    (lambda v: F.deform_ps_roi_pool(X, ROIS, None, 2, sampling_ratio=v),
+     "deform_ps_roi_pool: sampling_ratio"),
+    (lambda v: F.sampling_locations(OFF1, 1, stride=v), "sampling_locations: stride"),
+    (lambda v: nn.Conv2d(2, v, 1), "Conv2d: out_channels"),
+    (lambda v: nn.DeformConv2d(2, 2, 1, offset_groups=v), "DeformConv2d: offset_groups"),
+    (lambda v: nn.GroupNorm(v, 4), "GroupNorm: num_groups"),
+]
+
+
+@pytest.mark.parametrize("value", [2**31, 2**62, 2**64, np.uint64(2**64 - 1)])
+@pytest.mark.parametrize("call, name", HUGE_INTEGERS, ids=[n for _, n in HUGE_INTEGERS])
+def test_huge_integers_are_refused_naming_the_argument(call, name, value):
+    with pytest.raises(ValueError, match=f"{name} {TOO_BIG}, got -?{int(value)}"):
+        call(value)
+
+
+@pytest.mark.parametrize("value, kind", [(2.0, "float"), (True, "bool"), (np.float64(2), "float64"),
+                                         (np.bool_(True), "bool")])
+@pytest.mark.parametrize("call, name", HUGE_INTEGERS[:12], ids=[n for _, n in HUGE_INTEGERS[:12]])
+def test_non_integers_are_refused_naming_the_argument(call, name, value, kind):
+    with pytest.raises(TypeError, match=f"{name} must be an int, got {kind}"):
+        call(value)
+
+
+def test_numpy_integers_and_the_largest_int_are_accepted(backend_name):
+    """2**31 - 1 itself runs, and gives the numbers of the equivalent small stride."""
+    with on(backend_name) as device:
+        x, w = Tensor(X).to(device), Tensor(W2).to(device)
+        huge = F.conv2d(x, w, stride=(np.int64(MAX_INT), np.int32(1)))
+        small = F.conv2d(x, w, stride=(3, 1))
+        np.testing.assert_array_equal(host(huge), host(small))
+        assert host(F.max_pool2d(x, 2, stride=MAX_INT)).shape == (1, 2, 1, 1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: F.conv2d(X, W1, padding=2**15),
+     r"conv2d: the output would have shape \(1, 3, 65540, 65540\), 12886474800 elements, more "
+     r"than the 4294967296 \(2\*\*32\) an op may allocate; check padding and stride"),
+    (lambda: F.conv2d(X, W2, dilation=2**30, padding=2**29),
+     r"conv2d: the padded input would have shape \(1, 2, 1073741828, 1073741828\), .*check padding"),
+    (lambda: F.deform_conv2d(X, np.zeros((1, 2, 1, 1)), W1, padding=2**30, stride=2**31 - 1),
+     r"deform_conv2d: offset must have shape \(1, 2, 2, 2\)"),
+    (lambda: F.roi_align(X, ROIS, (2**16, 2**16 + 1)),
+     r"roi_align: the output would have shape \(1, 2, 65536, 65537\), .*check output_size"),
+    (lambda: F.roi_align(X[:, :1], ROIS, (2**16, 2**15 + 1)),
+     r"roi_align: the per-bin offsets would have shape \(1, 2, 65536, 32769\)"),
+    (lambda: F.roi_pool(X, ROIS, (2**16, 2**16)), r"roi_pool: the output would have shape"),
+    (lambda: F.deform_roi_pool(X[:, :1], ROIS, None, (2**16, 2**16)),
+     r"deform_roi_pool: the per-bin offsets would have shape \(1, 2, 65536, 65536\)"),
+    (lambda: nn.Conv2d(1, 2**20, 2**10),
+     r"Conv2d: the weight would have shape \(1048576, 1, 1024, 1024\), .*check in_channels, "
+     r"out_channels and kernel_size"),
+    (lambda: nn.DeformConv2d(1, 2**20, 2**10), r"the weight would have shape"),
+])
+def test_sizes_past_the_element_limit_are_refused_before_allocating(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_the_element_limit_is_inclusive():
+    """Exactly 2**32 elements is allowed: the check counts, it does not guess."""
+    from minidcn.functional._validate import check_elements
+    check_elements("f", "the output", (2**16, 2**16), "x")
+    with pytest.raises(ValueError, match="f: the output would have shape"):
+        check_elements("f", "the output", (2**16, 2**16 + 1), "x")
+    assert MAX_OUTPUT_ELEMENTS == 2**32
+
+
+@pytest.mark.parametrize("fn", [F.max_pool2d, F.avg_pool2d])
+def test_pooling_padding_past_the_input_is_refused(fn):
+    """max_pool2d(x, 2**30, padding=2**29) used to allocate a (windows x 2**30) array in
+    the argument check; now it is refused at once, naming padding."""
+    with pytest.raises(ValueError, match=f"{fn.__name__}: padding must be at most the input "
+                                         "height 4, got height padding 536870912"):
+        fn(X, 2**30, 1, padding=2**29)
+    with pytest.raises(ValueError, match=f"{fn.__name__}: kernel_size {TOO_BIG}, got 4294967296"):
+        fn(X, 2**32, padding=2**31)  # the issue's call; torch refuses it too (int overflow)
+    assert fn(X, (9, 3), 1, padding=(4, 1)).shape == (1, 2, 4, 4)  # padding = input size: fine
+
+
+def test_empty_window_check_is_arithmetic():
+    """The check agrees with listing every position, window by window, on all small cases."""
+    for size in range(1, 8):
+        for k in range(1, 6):
+            for s in range(1, 4):
+                for d in range(1, 4):
+                    for p in range(0, k // 2 + 1):
+                        span = d * (k - 1) + 1
+                        if size + 2 * p < span:
+                            continue
+                        out = (size + 2 * p - span) // s + 1
+                        positions = np.arange(out)[:, None] * s - p + np.arange(k) * d
+                        listed = not ((positions >= 0) & (positions < size)).any(axis=1).all()
+                        assert _has_empty_window(size, k, s, p, d, out) == listed
+    assert _has_empty_window(4, MAX_INT, 1, MAX_INT // 2, 1, 5) is False  # no window-sized array
