@@ -135,3 +135,27 @@ def test_empty_window_check_is_arithmetic():
                         listed = not ((positions >= 0) & (positions < size)).any(axis=1).all()
                         assert _has_empty_window(size, k, s, p, d, out) == listed
     assert _has_empty_window(4, MAX_INT, 1, MAX_INT // 2, 1, 5) is False  # no window-sized array
+
+
+T = Tensor(np.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.reshape(T, (2**64, -1)), ValueError,
+     r"reshape: cannot view 24 elements \(2, 3, 4\) as shape \(18446744073709551616, -1\)"),
+    (lambda: F.reshape(T, (np.bool_(True), 24)), TypeError, "reshape: shape must be ints"),
+    (lambda: F.permute(T, (1.0, 0, 2)), TypeError, r"permute: dims must be ints, got \(1.0, 0, 2\)"),
+    (lambda: F.transpose(T, 0, 1.0), TypeError, "transpose: dim1 must be an int, got float 1.0"),
+    (lambda: F.transpose(T, True, 1), TypeError, "transpose: dim0 must be an int, got bool True"),
+    (lambda: F.transpose(T, 0, 2**64), ValueError, "transpose: dim1=18446744073709551616 is out of range"),
+    (lambda: F.flatten(T, 1.0), TypeError, "flatten: start_dim must be an int, got float 1.0"),
+])
+def test_shape_ops_refuse_huge_and_non_integer_axes(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_shape_ops_accept_numpy_integers():
+    assert F.permute(T, np.array([2, 0, 1])).shape == (4, 2, 3)
+    assert F.transpose(T, np.int64(0), -1).shape == (4, 3, 2)
+    assert F.reshape(T, np.array([4, -1])).shape == (4, 6)
