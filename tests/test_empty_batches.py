@@ -152,3 +152,22 @@ def test_empty_shapes_and_refusals_match_torch():
     mean, var = torch.zeros(4), torch.ones(4)
     assert tf.batch_norm(torch.zeros(0, 4, 3, 3), mean, var, training=True).shape == (0, 4, 3, 3)
     assert mean.eq(0).all() and var.eq(1).all()
+
+
+def test_deformable_layers_on_an_empty_batch_and_zero_rois():
+    """The layers wrap the ops above: empty output, zero gradients for every parameter."""
+    x = Tensor(np.zeros((0, 4, 6, 6), np.float32), requires_grad=True)
+    layer = nn.DeformConv2d(4, 3, 3, padding=1, modulated=True)
+    y = layer(x)
+    y.sum().backward()
+    assert y.shape == (0, 3, 6, 6) and layer.last_sampling_locations.shape == (0, 1, 9, 6, 6, 2)
+    features = Tensor(np.ones((2, 4, 6, 6), np.float32), requires_grad=True)
+    pools = [nn.RoIPool(2, 1.0), nn.RoIAlign(2, 1.0, 2),
+             nn.DeformRoIPool(2, 1.0, 2, 0.1, 4, modulated=True, hidden=8)]
+    for pool in pools:
+        out = pool(features, np.zeros((0, 5), np.float32))
+        out.sum().backward()
+        assert out.shape == (0, 4, 2, 2)
+    np.testing.assert_array_equal(host(features.grad), 0)
+    for p in list(layer.parameters()) + list(pools[2].parameters()):
+        np.testing.assert_array_equal(host(p.grad), 0)
