@@ -85,10 +85,10 @@ def test_numpy_integers_and_the_largest_int_are_accepted(backend_name):
     (lambda: F.roi_align(X, ROIS, (2**16, 2**16 + 1)),
      r"roi_align: the output would have shape \(1, 2, 65536, 65537\), .*check output_size"),
     (lambda: F.roi_align(X[:, :1], ROIS, (2**16, 2**15 + 1)),
-     r"roi_align: the per-bin offsets would have shape \(1, 2, 65536, 32769\)"),
+     r"roi_align: the kernels. per-bin offsets would have shape \(1, 2, 65536, 32769\)"),
     (lambda: F.roi_pool(X, ROIS, (2**16, 2**16)), r"roi_pool: the output would have shape"),
     (lambda: F.deform_roi_pool(X[:, :1], ROIS, None, (2**16, 2**16)),
-     r"deform_roi_pool: the per-bin offsets would have shape \(1, 2, 65536, 65536\)"),
+     r"deform_roi_pool: the kernels. per-bin offsets would have shape \(1, 2, 65536, 65536\)"),
     (lambda: nn.Conv2d(1, 2**20, 2**10),
      r"Conv2d: the weight would have shape \(1048576, 1, 1024, 1024\), .*check in_channels, "
      r"out_channels and kernel_size"),

@@ -89,14 +89,16 @@ class EmptyNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.like, ctx.shape, ctx.dtype = x, x.shape, x.dtype
+        ctx.shape = x.shape
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         return zeros(x.shape, x.dtype, like=x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _wanted(ctx, (zeros(ctx.shape, ctx.dtype, like=ctx.like),)
-                       + tuple(zeros(ctx.shape[1:2], ctx.dtype, like=ctx.like) for _ in "wb"))
+        channels = ctx.shape[1:2]
+        return _wanted(ctx, (zeros(ctx.shape, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad)))
 
 
 # ---------------------------------------------------------------------------- validation

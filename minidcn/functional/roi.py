@@ -184,7 +184,8 @@ def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_rat
     r = _rois(fn, rois, x)
     output_size = pair(fn, "output_size", output_size, 1)
     check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
-    check_elements(fn, "the per-bin offsets", (r.shape[0], 2) + output_size, "output_size")
+    check_elements(fn, "the kernels' per-bin offsets", (r.shape[0], 2) + output_size,
+                   "output_size")
     scale = _scale(fn, spatial_scale)
     ratio = check_int(fn, "sampling_ratio", sampling_ratio)
     _check_samples_per_bin(fn, r, output_size, scale, ratio)
