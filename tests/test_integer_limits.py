@@ -46,6 +46,7 @@ HUGE_INTEGERS = [
     (lambda v: nn.Conv2d(2, v, 1), "Conv2d: out_channels"),
     (lambda v: nn.DeformConv2d(2, 2, 1, offset_groups=v), "DeformConv2d: offset_groups"),
     (lambda v: nn.GroupNorm(v, 4), "GroupNorm: num_groups"),
+    (lambda v: nn.Linear(v, 2), "Linear: in_features"),
 ]
 
 
@@ -93,6 +94,8 @@ def test_numpy_integers_and_the_largest_int_are_accepted(backend_name):
      r"Conv2d: the weight would have shape \(1048576, 1, 1024, 1024\), .*check in_channels, "
      r"out_channels and kernel_size"),
     (lambda: nn.DeformConv2d(1, 2**20, 2**10), r"the weight would have shape"),
+    (lambda: nn.Linear(2**20, 2**20), r"Linear: the weight would have shape \(1048576, 1048576\), "
+                                      r".*check in_features and out_features"),
 ])
 def test_sizes_past_the_element_limit_are_refused_before_allocating(call, message):
     with pytest.raises(ValueError, match=message):
