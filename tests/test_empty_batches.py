@@ -32,6 +32,8 @@ CASES = {
                       batched((1, 2, 4, 4), (1, 18, 4, 4), (3, 2, 3, 3), (3,)), 2),
     "deform_conv2d mask": (lambda x, off, m, w, rois: F.deform_conv2d(x, off, w, padding=1, mask=m),
                            batched((1, 2, 4, 4), (1, 18, 4, 4), (1, 9, 4, 4), (3, 2, 3, 3)), 3),
+    "bilinear_sample": (lambda x, p, rois: F.bilinear_sample(x, p),
+                        batched((1, 3, 4, 5), (1, 7, 2)), 2),
     "max_pool2d": (lambda x, rois: F.max_pool2d(x, 3, 2, 1, dilation=(1, 2)), batched((1, 2, 5, 6)), 1),
     "avg_pool2d": (lambda x, rois: F.avg_pool2d(x, 2, 1, 1, count_include_pad=False),
                    batched((1, 2, 4, 4)), 1),

@@ -129,7 +129,8 @@ def bilinear_sample(x, points) -> Tensor:
     Args:
         x: (B, C, H, W) feature maps.
         points: (B, P, 2) positions (y, x) in pixel coordinates (row 0 and column 0 are the
-            centres of the first pixels); image b is sampled at its own P points.
+            centres of the first pixels); image b is sampled at its own P points.  B may be
+            0 (an empty output), no other axis.
 
     Returns:
         (B, C, P): out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q], reading 0 outside the
@@ -143,8 +144,8 @@ def bilinear_sample(x, points) -> Tensor:
     check_ndim(fn, "points", pts, "(B, P, 2)")
     check_same_dtype(fn, x=x, points=pts)
     device = check_same_device(fn, x=x, points=pts)
-    _check_not_empty(fn, "x", x)
-    _check_not_empty(fn, "points", pts)
+    check_only_batch_empty(fn, "x", x)
+    check_only_batch_empty(fn, "points", pts)
     if pts.shape[2] != 2:
         raise ValueError(f"{fn}: points must have shape (B, P, 2) holding (y, x), got {pts.shape}")
     if pts.shape[0] != x.shape[0]:
