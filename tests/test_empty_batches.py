@@ -83,7 +83,6 @@ def test_empty_batch_gives_empty_output_and_zero_gradients(backend_name, name):
     for a, g in zip(empty, grads):
         assert g.shape == a.shape
         np.testing.assert_array_equal(g, np.zeros_like(a))  # weights and bias: zeros; others: empty
-    assert any(g.size for g in grads) or name in ("max_pool2d", "avg_pool2d")
 
 
 def test_empty_batch_through_layers_as_in_torch():
