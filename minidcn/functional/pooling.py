@@ -11,10 +11,9 @@ j·s_w - p_w + v·d_w (v < kw); H_out = (H + 2 p_h - (d_h (kh - 1) + 1)) // s_h 
 ``ceil_mode=True`` is not supported (a ValueError says so): the kernel signatures fix the
 output size to the floor formula above.  As in torch, padding may be at most half the
 kernel size, the batch may be empty (an empty output and empty gradients) but not the
-channels or the image, and every integer is at most 2**31 - 1.  Unlike torch, padding may
-not exceed the input size along its axis: a window that is mostly padding is scanned
-point by point by the kernels, so this bounds a window's work by 3 H x 3 W (torch's
-kernels clip it to the image, at most H x W).  A window that falls entirely in the padding
+channels or the image, and every integer is at most 2**31 - 1 (torch's limit too).  The
+kernels visit only the window points inside the image, so a window far larger than the
+image costs no more than the image.  A window that falls entirely in the padding
 (possible only with dilation) is a ValueError: torch reads outside the input there.  The
 kernels are in ``backends/*/pool.py``.
 """
@@ -26,7 +25,7 @@ import numpy as np
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import (as_tensor, check_elements, check_ndim, check_only_batch_empty,
+from ._validate import (as_tensor, check_ndim, check_only_batch_empty,
                         conv_output_size, pair)
 
 __all__ = ["max_pool2d", "avg_pool2d"]
@@ -76,16 +75,11 @@ def _pool_arguments(fn, input, kernel_size, stride, padding, dilation, ceil_mode
     if ceil_mode:
         raise ValueError(f"{fn}: ceil_mode=True is not supported, expected ceil_mode=False "
                          "(the pooling kernels compute the floor-mode output size)")
-    for n, k, p, axis in zip(x.shape[2:], kernel, padding, ("height", "width")):
+    for k, p, axis in zip(kernel, padding, ("height", "width")):
         if p > k // 2:
             raise ValueError(f"{fn}: padding must be at most half the kernel size, got "
                              f"{axis} padding {p} for kernel {axis} {k} (at most {k // 2})")
-        if p > n:
-            raise ValueError(f"{fn}: padding must be at most the input {axis} {n}, got {axis} "
-                             f"padding {p} (windows of mostly padding; see the module docstring)")
     out = conv_output_size(fn, x.shape[2:], kernel, stride, padding, dilation)
-    check_elements(fn, "the padded input", (x.shape[0], x.shape[1], x.shape[2] + 2 * padding[0],
-                                            x.shape[3] + 2 * padding[1]), "padding")
     for n, k, s, p, d, o, axis in zip(x.shape[2:], kernel, stride, padding, dilation, out,
                                       ("height", "width")):
         if _has_empty_window(n, k, s, p, d, o):
@@ -118,8 +112,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         input: (B, C, H, W); B may be 0.
         kernel_size: an int or an (h, w) pair.
         stride: defaults to ``kernel_size``.
-        padding: implicit padding on every side, never selected; at most kernel_size // 2
-            and at most the input size.
+        padding: implicit padding on every side, never selected; at most kernel_size // 2.
         dilation: spacing between window pixels.
         ceil_mode: only False is supported.
 
@@ -141,7 +134,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
         input: (B, C, H, W); B may be 0.
         kernel_size: an int or an (h, w) pair.
         stride: defaults to ``kernel_size``.
-        padding: zeros on every side; at most kernel_size // 2 and at most the input size.
+        padding: zeros on every side; at most kernel_size // 2.
         ceil_mode: only False is supported.
         count_include_pad: divide by kh·kw (True) or by the pixels inside the image (False).
 

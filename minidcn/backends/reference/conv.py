@@ -59,10 +59,15 @@ def kernel_point_slices(kernel, stride, dilation, out_size):
             yield u, v, rows, cols
 
 
-def im2col(x, kernel, stride, padding, dilation):
-    """cols (B, C, kh, kw, H_out, W_out) with cols[b, c, u, v, i, j] = x_pad[b, c, u·d_h + i·s_h, v·d_w + j·s_w]."""
+def im2col(x, kernel, stride, padding, dilation, out_size=None):
+    """cols (B, C, kh, kw, H_out, W_out) with cols[b, c, u, v, i, j] = x_pad[b, c, u·d_h + i·s_h, v·d_w + j·s_w].
+
+    ``out_size`` defaults to the convolution's (H_out, W_out); pooling passes its own when
+    it drops the kernel points that read only padding.
+    """
     (ph, pw), (kh, kw) = padding, kernel
-    out_size = output_size(x.shape[2:], kernel, stride, padding, dilation)
+    if out_size is None:
+        out_size = output_size(x.shape[2:], kernel, stride, padding, dilation)
     x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = np.empty(x.shape[:2] + (kh, kw) + out_size, dtype=x.dtype)
     for u, v, rows, columns in kernel_point_slices(kernel, stride, dilation, out_size):
