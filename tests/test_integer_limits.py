@@ -3,7 +3,7 @@ refused before any kernel runs or any array is allocated, with an error naming t
 
 Limits (``minidcn.functional._validate``): every integer argument at most 2**31 - 1 in
 magnitude (torch's own limit for pooling), and no output, zero-padded input or layer weight
-of more than 2**32 elements.
+of more than 2**30 elements.
 """
 
 import numpy as np
@@ -78,18 +78,18 @@ def test_numpy_integers_and_the_largest_int_are_accepted(backend_name):
 @pytest.mark.parametrize("call, message", [
     (lambda: F.conv2d(X, W1, padding=2**15),
      r"conv2d: the output would have shape \(1, 3, 65540, 65540\), 12886474800 elements, more "
-     r"than the 4294967296 \(2\*\*32\) an op may allocate; check padding and stride"),
+     r"than the 1073741824 \(2\*\*30\) an op may allocate; check padding and stride"),
     (lambda: F.conv2d(X, W2, dilation=2**30, padding=2**29),
      r"conv2d: the padded input would have shape \(1, 2, 1073741828, 1073741828\), .*check padding"),
     (lambda: F.deform_conv2d(X, np.zeros((1, 2, 1, 1)), W1, padding=2**30, stride=2**31 - 1),
      r"deform_conv2d: offset must have shape \(1, 2, 2, 2\)"),
     (lambda: F.roi_align(X, ROIS, (2**16, 2**16 + 1)),
      r"roi_align: the output would have shape \(1, 2, 65536, 65537\), .*check output_size"),
-    (lambda: F.roi_align(X[:, :1], ROIS, (2**16, 2**15 + 1)),
-     r"roi_align: the kernels. per-bin offsets would have shape \(1, 2, 65536, 32769\)"),
+    (lambda: F.roi_align(X[:, :1], ROIS, (2**15, 2**15)),
+     r"roi_align: the kernels. per-bin offsets would have shape \(1, 2, 32768, 32768\)"),
     (lambda: F.roi_pool(X, ROIS, (2**16, 2**16)), r"roi_pool: the output would have shape"),
-    (lambda: F.deform_roi_pool(X[:, :1], ROIS, None, (2**16, 2**16)),
-     r"deform_roi_pool: the kernels. per-bin offsets would have shape \(1, 2, 65536, 65536\)"),
+    (lambda: F.deform_roi_pool(X[:, :1], ROIS, None, (2**15, 2**15)),
+     r"deform_roi_pool: the kernels. per-bin offsets would have shape \(1, 2, 32768, 32768\)"),
     (lambda: nn.Conv2d(1, 2**20, 2**10),
      r"Conv2d: the weight would have shape \(1048576, 1, 1024, 1024\), .*check in_channels, "
      r"out_channels and kernel_size"),
@@ -103,12 +103,12 @@ def test_sizes_past_the_element_limit_are_refused_before_allocating(call, messag
 
 
 def test_the_element_limit_is_inclusive():
-    """Exactly 2**32 elements is allowed: the check counts, it does not guess."""
+    """Exactly 2**30 elements is allowed: the check counts, it does not guess."""
     from minidcn.functional._validate import check_elements
-    check_elements("f", "the output", (2**16, 2**16), "x")
+    check_elements("f", "the output", (2**15, 2**15), "x")
     with pytest.raises(ValueError, match="f: the output would have shape"):
-        check_elements("f", "the output", (2**16, 2**16 + 1), "x")
-    assert MAX_OUTPUT_ELEMENTS == 2**32
+        check_elements("f", "the output", (2**15, 2**15 + 1), "x")
+    assert MAX_OUTPUT_ELEMENTS == 2**30
 
 
 def test_pooling_windows_far_larger_than_the_image_cost_the_image(backend_name):

@@ -65,9 +65,11 @@ groups, output size, sampling ratio, channel counts...).  It is torch's own limi
 pooling arguments (C int), and it keeps every index the kernels compute, such as
 i·s - p + u·d, far inside their int64 arithmetic."""
 
-MAX_OUTPUT_ELEMENTS = 2**32
-"""The most elements an op may allocate for its output or its zero-padded input (16 GiB of
-float32).  More comes from a mistaken padding or output size: it would exhaust memory."""
+MAX_OUTPUT_ELEMENTS = 2**30
+"""The most elements an op may allocate for its output, its zero-padded input or a layer's
+weight (4 GiB of float32, 8 GiB of float64): a detector's largest feature maps are a
+tenth of it.  More comes from a mistaken padding or size, and would exhaust the memory
+of the machines minidcn is taught on."""
 
 
 def check_int(fn: str, name: str, value, minimum: int | None = None) -> int:
@@ -127,5 +129,5 @@ def check_elements(fn: str, what: str, shape, culprits: str) -> None:
         elements *= int(n)  # Python ints: the product cannot wrap
     if elements > MAX_OUTPUT_ELEMENTS:
         raise ValueError(f"{fn}: {what} would have shape {tuple(int(n) for n in shape)}, "
-                         f"{elements} elements, more than the {MAX_OUTPUT_ELEMENTS} (2**32) an "
+                         f"{elements} elements, more than the {MAX_OUTPUT_ELEMENTS} (2**30) an "
                          f"op may allocate; check {culprits}")

@@ -56,7 +56,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
             padding >= 0 (zeros added on every side).
         groups: input and output channels are split into ``groups`` independent convolutions.
         Every integer is at most 2**31 - 1, and neither the output nor the zero-padded
-        input may exceed 2**32 elements (``_validate.MAX_OUTPUT_ELEMENTS``).
+        input may exceed 2**30 elements (``_validate.MAX_OUTPUT_ELEMENTS``).
 
     Returns:
         (B, C_out, H_out, W_out) with H_out = (H + 2 p_h - (d_h (kh - 1) + 1)) // s_h + 1.

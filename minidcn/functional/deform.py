@@ -179,7 +179,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         weight: (C_out, C_in / groups, kh, kw); groups = C_in / weight.shape[1].
         bias: (C_out,) or None.
         stride, padding, dilation: an int or an (h, w) pair; stride and dilation >= 1,
-            padding >= 0, each at most 2**31 - 1; the output may have at most 2**32
+            padding >= 0, each at most 2**31 - 1; the output may have at most 2**30
             elements.
         mask: (B, G_off · kh · kw, H_out, W_out) or None; channel g·kh·kw + k multiplies the
             value sampled for kernel point k of offset group g (DCNv2 modulation).
