@@ -172,3 +172,13 @@ def test_deformable_layers_on_an_empty_batch_and_zero_rois():
     np.testing.assert_array_equal(host(features.grad), 0)
     for p in list(layer.parameters()) + list(pools[2].parameters()):
         np.testing.assert_array_equal(host(p.grad), 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (0, 0)])
+def test_log_softmax_of_an_empty_axis_is_empty_as_in_torch(backend_name, shape):
+    """log_softmax over a 0-length axis used to fail inside numpy's max, naming nothing."""
+    with on(backend_name) as device:
+        x = Tensor(np.zeros(shape)).to(device).requires_grad_(True)
+        y = F.log_softmax(x, 1)
+        y.backward(Tensor(np.ones(shape)).to(device))
+        assert y.shape == shape and host(x.grad).shape == shape
