@@ -20,10 +20,12 @@ float64 even for float32 data, so a mean of 1e3 times the spread costs no accura
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
+from ..arrays import zeros
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor, _is_device_array
@@ -86,6 +88,24 @@ class BatchNorm(Function):
                                                             weight, ctx.training))
 
 
+class EmptyNorm(Function):
+    """Any norm of an empty input, as torch allows: an empty output, no statistics, and
+    zero gradients for weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.shape = x.shape
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return zeros(x.shape, x.dtype, like=x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        channels = ctx.shape[1:2]
+        return _wanted(ctx, (zeros(ctx.shape, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad)))
+
+
 # ---------------------------------------------------------------------------- validation
 def _owned(fn, name, value) -> Tensor:
     """A Tensor as given; any other array-like as a Tensor holding a copy of it.
@@ -104,8 +124,6 @@ def _input_and_affine(fn, input, weight, bias):
     if x.ndim < 2:
         raise ValueError(f"{fn}: input must be (N, C, *) with at least 2 dimensions, "
                          f"got {x.ndim}-D with shape {x.shape}")
-    if x.numel() == 0:
-        raise ValueError(f"{fn}: input must not be empty, got shape {x.shape}")
     w = None if weight is None else _owned(fn, "weight", weight)
     b = None if bias is None else _owned(fn, "bias", bias)
     check_same_dtype(fn, input=x, weight=w, bias=b)
@@ -202,6 +220,8 @@ def _group_norm(fn, input, num_groups, weight, bias, eps) -> Tensor:
         raise ValueError(f"{fn}: the {channels} channels of input {x.shape} cannot be split "
                          f"into num_groups={groups} equal groups (C must be divisible by it)")
     eps = positive_eps(fn, eps)
+    if x.numel() == 0:
+        return EmptyNorm.apply(x, w, b)
     return GroupNorm.apply(x, w, b, num_groups=groups, eps=eps)
 
 
@@ -215,7 +235,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
     the rest of the batch, and there is no training/evaluation difference.
 
     Args:
-        input: (N, C, *) Tensor, not empty.
+        input: (N, C, *) Tensor; it may be empty (any axis 0), as in torch: the output is
+            empty and weight and bias get zero gradients.
         num_groups: G >= 1, dividing C.
         weight, bias: (C,) Tensors or None (identity); same dtype and device as input.
         eps: finite and > 0, added to the variance.  (torch also accepts 0, which divides
@@ -266,8 +287,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     * ``training=True``: the batch mean and biased variance.  When running statistics are
       given they are updated **in place**: ``running ← (1 - momentum) running + momentum
       batch``, the variance term being the *unbiased* batch variance (× M / (M - 1)).
-      Fewer than 2 values per channel is an error (no variance to estimate).  The gradient
-      flows through the batch statistics.
+      Exactly 1 value per channel is an error (no variance to estimate); an empty input
+      gives an empty output and leaves the running statistics unchanged, as in torch.  The
+      gradient flows through the batch statistics.
     * ``training=False``: ``running_mean`` and ``running_var`` (required) are used as
       constants and left unchanged.  They must then be finite, and running_var >= 0: a
       ValueError names the first bad channel (torch accepts them and returns NaN).  In
@@ -278,7 +300,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     float64 copies of the statistics it normalised with.
 
     Args:
-        input: (N, C, *) Tensor, not empty.
+        input: (N, C, *) Tensor; it may be empty (any axis 0), as in torch.
         running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
             ndarray, CudaArray, or a Tensor whose data is updated; writable when
             training, which updates them; read-only arrays are fine in evaluation), two
@@ -306,14 +328,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if momentum > 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     eps = positive_eps(fn, eps)
-    count = x.numel() // x.shape[1]
-    if training and count < 2:
+    count = x.shape[0] * math.prod(x.shape[2:])  # values per channel, even with C = 0
+    if training and count == 1:
         raise ValueError(f"{fn}: training needs more than 1 value per channel to estimate a "
                          f"variance, got input of shape {x.shape} ({count} value per channel)")
     if not training and mean_buffer is None:
         raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
     if not training:
         _check_running_values(fn, mean_buffer, var_buffer)
+    if x.numel() == 0:
+        return EmptyNorm.apply(x, w, b)  # as torch: the running statistics stay unchanged
 
     k = kernels(x.device)
     if training:

@@ -27,8 +27,8 @@ import numpy as np
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import (as_tensor, check_float, check_int, check_ndim, check_same_device,
-                        check_same_dtype, pair)
+from ._validate import (as_tensor, check_elements, check_float, check_int, check_ndim,
+                        check_same_device, check_same_dtype, pair)
 
 __all__ = ["roi_pool", "roi_align", "deform_roi_pool", "deform_ps_roi_pool"]
 
@@ -183,6 +183,9 @@ def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_rat
     x = _input(fn, input)
     r = _rois(fn, rois, x)
     output_size = pair(fn, "output_size", output_size, 1)
+    check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
+    check_elements(fn, "the kernels' per-bin offsets", (r.shape[0], 2) + output_size,
+                   "output_size")
     scale = _scale(fn, spatial_scale)
     ratio = check_int(fn, "sampling_ratio", sampling_ratio)
     _check_samples_per_bin(fn, r, output_size, scale, ratio)
@@ -210,6 +213,7 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0) -> Tensor:
     x = _input(fn, input)
     r = _rois(fn, rois, x)
     output_size = pair(fn, "output_size", output_size, 1)
+    check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
     scale = _scale(fn, spatial_scale)
     return RoIPool.apply(x, rois=r.data, ops=kernels(x.device), output_size=output_size,
                          spatial_scale=scale)
