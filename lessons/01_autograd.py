@@ -22,7 +22,7 @@ import numpy as np
 import minidcn
 from minidcn import Tensor
 from minidcn.function import Function
-from minidcn.lessons_support import check, quick, save_figure
+from minidcn.lessons_support import check, figures_dir, quick, save_figure
 from minidcn.tensor import _topological_order
 
 # %% [markdown]
@@ -224,8 +224,8 @@ check(caught is not None and "u of shape (5,)" in caught, "gradcheck catches the
 # ## The figure
 #
 # Left: the graph of section 1 with each tensor's value and gradient. Right: the error of the
-# central difference against ε, in float64 and float32: the slope-2 truncation error on the
-# right, the rounding error growing as 1/ε on the left.
+# central difference against ε, in float64 and float32 (ε shrinks to the right): the truncation
+# error falling as ε² on the left, the rounding error growing as 1/ε on the right.
 
 # %%
 # `order` and `names` still describe the graph of section 1 (`order` keeps its tensors alive).
@@ -258,16 +258,28 @@ ax_graph.set_xlim(-0.6, max(depth.values()) + 0.6)
 ax_graph.set_ylim(-1.6, 1.0)
 ax_graph.axis("off")
 ax_graph.set_title("L = (x·y + x)²: values, ops and gradients")
+ax_graph.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc="#f5e6c8", ec="black", label="leaf (an input)"),
+                         plt.Rectangle((0, 0), 1, 1, fc="#dde8f5", ec="black",
+                                       label="made by an op (its Function's name)"),
+                         plt.Line2D([], [], color="0.3", marker=">",
+                                    label="input → the tensor made from it")],
+                loc="lower right", fontsize=8, title="box: name = value, op, dL/d(name)",
+                title_fontsize=8)
 for dtype, style in ((np.float64, "o-"), (np.float32, "s--")):
     ax_eps.loglog(sweep, np.maximum(errors[dtype], 1e-17), style, label=np.dtype(dtype).name)
-ax_eps.set_xlabel("finite-difference step ε")
-ax_eps.set_ylabel("|central difference - f'(x)|")
-ax_eps.set_title("central differences: truncation vs rounding")
+ax_eps.set_xlabel("finite-difference step ε\n(larger ε: truncation error ∝ ε²;  smaller ε: rounding "
+                  "error ∝ u/ε, u the unit round-off)", fontsize=9)
+ax_eps.set_ylabel("|central difference - f'(x)|  (absolute error)")
+ax_eps.set_title(f"central differences of f(x) = Σ tanh(x) x² at x = {point}", fontsize=10)
 ax_eps.invert_xaxis()
-ax_eps.legend()
 ax_eps.grid(True, which="both", alpha=0.3)
-figure = save_figure(fig, "01_autograd.png", __file__)
-check(figure.stat().st_size > 0, "the figure was written")
+ax_eps.axhline(abs(exact_derivative(point)), color="gray", lw=0.8, ls=":",
+               label=f"|f'(x)| = {abs(exact_derivative(point)):.2f}: the error of an estimate of 0 "
+                     "(f(x + ε), f(x - ε) rounded equal)")
+ax_eps.set_ylim(top=1e5)  # room for the key above the curves
+ax_eps.legend(fontsize=8, loc="upper left")
+save_figure(fig, "01_autograd.png")
+check((figures_dir() / "01_autograd.png").stat().st_size > 0, "the figure was written")
 
 # %% [markdown]
 # ## Where next

@@ -43,9 +43,6 @@ print("NUMBA_ENABLE_CUDASIM =", os.environ.get("NUMBA_ENABLE_CUDASIM", "(unset: 
 # %%
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -162,7 +159,8 @@ copies = np.bincount(layout.astype(int).ravel(), minlength=32)
 check(copies.max() == 4 and copies.min() == 1, "centre pixels are copied 4 times, corners once")
 
 # %%
-fig, (ax_in, ax_cols) = plt.subplots(1, 2, figsize=(10, 5.6), gridspec_kw={"width_ratios": [2.2, 1]})
+fig, (ax_in, ax_cols) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [2.2, 1]},
+                                     layout="constrained")
 window_colours = ["tab:red", "tab:blue", "tab:green", "tab:orange"]
 gap = 1  # columns of white space between the two channels
 canvas = np.full((4, 4 * 2 + gap), np.nan)
@@ -179,8 +177,15 @@ for l, (i, j) in enumerate(np.ndindex(2, 2)):
                                       3 - 2 * inset, fill=False, ec=window_colours[l], lw=2))
 for channel, left in enumerate((0, 4 + gap)):
     ax_in.text(left + 1.5, 3.75, f"channel c{channel}", ha="center", va="top", fontsize=10)
-ax_in.set_title("input x: 2 channels of 4×4, pixels numbered\n"
-                "each coloured square is the 3×3 window of one output pixel")
+ax_in.set_title("input x: 2 channels of 4×4 pixels, each holding its own number;\n"
+                "each coloured square is the 3×3 window of one output pixel", fontsize=10)
+shade = plt.get_cmap("Pastel1")
+key = [plt.Rectangle((0, 0), 1, 1, fill=False, ec=colour, lw=2, label=f"window of output pixel {ij}")
+       for colour, ij in zip(window_colours, np.ndindex(2, 2))]
+key += [plt.Rectangle((0, 0), 1, 1, fc=shade(c / 8), label=f"channel c{c}") for c in (0, 1)]
+ax_in.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8,
+             title="right: each number is coloured as its output pixel's window, shaded as its channel",
+             title_fontsize=8, frameon=False)
 ax_in.set_xticks([])
 ax_in.set_yticks([])
 ax_cols.imshow((layout >= 16).astype(float), cmap="Pastel1", vmin=0, vmax=8, aspect="auto")
@@ -189,8 +194,11 @@ for (k, l), value in np.ndenumerate(layout):
 ax_cols.set_xticks(range(4), [f"({i},{j})" for i, j in np.ndindex(2, 2)])
 ax_cols.set_yticks(range(18), [f"c{c} u{u} v{v}" for c, u, v in np.ndindex(2, 3, 3)], fontsize=7)
 ax_cols.set_xlabel("column l = output pixel (i, j)")
-ax_cols.set_title("cols = im2col(x): K × L\ny (O × L) = W (O × K) · cols")
-save_figure(fig, "02_im2col_layout.png", __file__)
+for tick, colour in zip(ax_cols.get_xticklabels(), window_colours):
+    tick.set_color(colour)
+ax_cols.set_title("cols = im2col(x): K × L; y (O × L) = W (O × K) · cols\n"
+                  "row k: channel c, kernel point (u, v)", fontsize=10)
+save_figure(fig, "02_im2col_layout.png")
 
 # %% [markdown]
 # ## 2b. The same sum without the copies: shifted products
@@ -393,11 +401,14 @@ for k, name in enumerate(implementations):
     ax.bar_label(bars, [f"{v:.3g}" for v in values], fontsize=7, rotation=90, padding=2)
 ax.set_yscale("log")
 ax.set_xticks([i + 0.4 - bar_width / 2 for i in range(len(shapes))], list(shapes), fontsize=8)
-ax.set_ylabel("best time (ms, log scale)")
+ax.set_xlabel("layer: name, batch × in channels -> out channels, height × width of the input\n"
+              "(no bar: not run there; the Python loops would take minutes, the simulator times no GPU)",
+              fontsize=8)
+ax.set_ylabel("best time (ms, log scale; the number on each bar)")
 ax.set_title("conv2d forward, float32, 3×3 kernel, padding 1 (measured in this run)")
 ax.legend(fontsize=8)
 ax.set_ylim(top=ax.get_ylim()[1] * 20)
-save_figure(fig, "02_conv_timings.png", __file__)
+save_figure(fig, "02_conv_timings.png")
 
 # %% [markdown]
 # ## What to take away

@@ -20,9 +20,6 @@
 # `(y, x)` pixel indices: row 0 and column 0 are the centres of the first pixels.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -79,13 +76,16 @@ check(np.allclose(np.einsum("yxp,yxk->pk", w_many, neighbourhood), many),
       "for 500 random points: Σ_q G(q, p) q = p")
 
 # %%
-fig = plt.figure(figsize=(11, 4.6))
+fig = plt.figure(figsize=(12, 4.8))
 ax3d = fig.add_subplot(1, 2, 1, projection="3d")
-ax3d.plot_surface(px, py, pyramid, cmap="viridis", linewidth=0, antialiased=True)
-ax3d.set_xlabel("p_x")
-ax3d.set_ylabel("p_y")
-ax3d.set_zlabel("G((0,0), p)")
-ax3d.set_title("G((0, 0), p) = g(0, p_y) g(0, p_x): a pyramid of base 2×2")
+ax3d.plot_surface(px, py, pyramid, cmap="viridis", linewidth=0, antialiased=True, vmin=0, vmax=1)
+ax3d.set_xlabel("p_x (pixels)")
+ax3d.set_ylabel("p_y (pixels)")
+ax3d.set_zlabel("weight G((0,0), p)")
+ax3d.set_xticks([-1, 0, 1])
+ax3d.set_yticks([-1, 0, 1])
+ax3d.set_title("the weight of pixel q = (0, 0) for every position p:\n"
+               "G((0,0), p) = g(0, p_y) g(0, p_x), a pyramid of base 2×2 pixels", fontsize=10)
 ax = fig.add_subplot(1, 2, 2)
 shown = ax.imshow(weights, cmap="viridis", extent=(-1.5, 4.5, 4.5, -1.5), vmin=0, vmax=1)
 for (r, c), value in np.ndenumerate(weights):
@@ -94,11 +94,13 @@ for (r, c), value in np.ndenumerate(weights):
 viz.draw_points(ax, p, color="tab:red", size=60, marker="x")
 ax.set_xticks(range(-1, 5))
 ax.set_yticks(range(-1, 5))
-ax.set_xlabel("q_x")
-ax.set_ylabel("q_y")
-ax.set_title(f"G(q, p) over pixels q, p = ({p[0]:.2f}, {p[1]:.2f}) (red ×)")
-fig.colorbar(shown, ax=ax, fraction=0.046)
-save_figure(fig, "03_bilinear_kernel.png", __file__)
+ax.set_xlabel("q_x, pixel column")
+ax.set_ylabel("q_y, pixel row")
+ax.set_title(f"the weight of every pixel q for one random p (red ×),\n"
+             f"p = (y, x) = ({p[0]:.2f}, {p[1]:.2f}); cell colour and number: G(q, p)", fontsize=10)
+fig.colorbar(shown, ax=ax, fraction=0.046, label="weight G(q, p)")
+fig.subplots_adjust(wspace=0.35)
+save_figure(fig, "03_bilinear_kernel.png")
 
 # %% [markdown]
 # ## 2. Sampling a real image at fractional points
@@ -167,12 +169,16 @@ lowest, highest = np.min(corners, axis=0), np.max(corners, axis=0)
 check(((lowest - 1e-12 <= bilinear_zoom) & (bilinear_zoom <= highest + 1e-12)).all(),
       f"each of the {bilinear_zoom.size} zoomed samples lies between its four neighbours (a convex mix)")
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
-viz.show_image(axes[0], photo, "the image (150×128), crop in red", vmin=0, vmax=1)
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.3), layout="constrained")
+viz.show_image(axes[0], photo, f"the image ({height}×{width} px); red: the {crop}×{crop} px crop",
+               vmin=0, vmax=1)
 viz.draw_box(axes[0], [crop_x, crop_y, crop_x + crop, crop_y + crop], color="tab:red")
-viz.show_image(axes[1], nearest_zoom, f"nearest pixel, ×{zoom}", vmin=0, vmax=1)
-viz.show_image(axes[2], bilinear_zoom, f"bilinear_sample on a ×{zoom} grid", vmin=0, vmax=1)
-save_figure(fig, "03_fractional_sampling.png", __file__)
+viz.show_image(axes[1], nearest_zoom, f"the crop, nearest pixel, {zoom} samples per pixel",
+               vmin=0, vmax=1)
+shown = viz.show_image(axes[2], bilinear_zoom, f"the crop, bilinear_sample, {zoom} samples per pixel",
+                       vmin=0, vmax=1)
+fig.colorbar(shown, ax=axes, fraction=0.02, label="grey value (0 black, 1 white)")
+save_figure(fig, "03_fractional_sampling.png")
 
 # %% [markdown]
 # ## 3. The gradient with respect to the position
@@ -187,7 +193,8 @@ save_figure(fig, "03_fractional_sampling.png", __file__)
 #
 # Below, on a glyph from `minidcn.data` and on the photograph: points at every pixel-square
 # centre (p + 0.5, away from the kinks of section 4), the value summed, `backward()`, and the
-# gradient drawn as an arrow at each point (in pixels, times the factor in the title). The
+# gradient drawn as an arrow at each point (in pixels, times the factor in the title; the key
+# under each panel gives the length of one round gradient). The
 # arrows point uphill: across the glyph's strokes toward the ink, across the face toward the
 # light.
 
@@ -229,15 +236,25 @@ check((stepped[steep] > sample(glyph, glyph_points)[steep]).all(),
       f"a step of 0.01 px along the gradient raises the value at all {steep.sum()} steep points")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-panels = ((axes[0], glyph, glyph_points, glyph_grad, "glyph from minidcn.data"),
-          (axes[1], patch, patch_points, patch_grad, "photograph, 36×36 crop"))
+fig, axes = plt.subplots(1, 2, figsize=(12, 6.6), layout="constrained")
+panels = ((axes[0], glyph, glyph_points, glyph_grad, "glyph from minidcn.data (27×27 px)"),
+          (axes[1], patch, patch_points, patch_grad, "photograph, 36×36 px crop"))
 for ax, image, points, grad, title in panels:
     # one stated factor per panel, so that the 99th-percentile arrow is 1.5 pixels long
-    factor = 1.5 / np.percentile(np.linalg.norm(grad, axis=-1), 99)
-    viz.show_image(ax, image, f"{title}: ∂x(p)/∂p by autograd, arrows × {factor:.1f}", vmin=0, vmax=1)
-    viz.draw_offsets(ax, points, factor * grad, color="tab:orange", width=0.004)
-save_figure(fig, "03_position_gradient.png", __file__)
+    length99 = np.percentile(np.linalg.norm(grad, axis=-1), 99)
+    factor = 1.5 / length99
+    shown = viz.show_image(ax, image, f"{title}\narrow at each pixel-square centre p: "
+                           f"∂x(p)/∂p by autograd, drawn × {factor:.1f} (a dot: zero gradient)",
+                           vmin=0, vmax=1)
+    arrows = viz.draw_offsets(ax, points, factor * grad, color="tab:orange", width=0.004)
+    reference = float(f"{length99:.1g}")  # a round gradient near the longest arrows
+    strip = image.shape[0] - 0.5 + 2.5  # a white strip under the image holds the key
+    ax.set_ylim(strip, -0.5)
+    ax.quiverkey(arrows, 2.0, strip - 1.25, factor * reference, f"key: a gradient of {reference:g} "
+                 f"grey value per pixel, drawn {factor * reference:.1f} px long",
+                 labelpos="E", coordinates="data", fontproperties={"size": 9})
+fig.colorbar(shown, ax=axes, fraction=0.02, label="grey value x (0 black, 1 white)")
+save_figure(fig, "03_position_gradient.png")
 
 # %% [markdown]
 # ### Why offsets can be learned
@@ -301,20 +318,21 @@ check(np.abs(best - true_shift).max() <= 5.0 / (n_side - 1) + 1e-9,
 
 fig, (ax_land, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.5))
 contours = ax_land.contourf(shifts[..., 1], shifts[..., 0], landscape, levels=30, cmap="viridis")
-ax_land.plot(path[:, 1], path[:, 0], ".-", color="white", ms=3, lw=1, label="gradient descent")
+ax_land.plot(path[:, 1], path[:, 0], ".-", color="white", ms=3, lw=1,
+             label="gradient descent from Δp = 0 (a dot per step)")
 ax_land.plot(true_shift[1], true_shift[0], "r*", ms=14, label="Δp* (the stated shift)")
 ax_land.set_xlabel("Δp_x (pixels)")
 ax_land.set_ylabel("Δp_y (pixels)")
 ax_land.invert_yaxis()
-ax_land.set_title("L(Δp), and the path of gradient descent")
-ax_land.legend(fontsize=8, loc="lower left")
-fig.colorbar(contours, ax=ax_land, fraction=0.046)
+ax_land.set_title("L(Δp) over shifts Δp, and the path of gradient descent", fontsize=10)
+ax_land.legend(fontsize=8, loc="lower left", facecolor="0.45", labelcolor="white")
+fig.colorbar(contours, ax=ax_land, fraction=0.046, label="L(Δp), mean squared difference (grey value²)")
 ax_loss.semilogy(losses)
-ax_loss.set_xlabel("step")
-ax_loss.set_ylabel("L")
-ax_loss.set_title("loss during descent")
+ax_loss.set_xlabel("gradient-descent step")
+ax_loss.set_ylabel("L, mean squared difference (grey value²)")
+ax_loss.set_title(f"L during descent: {losses[0]:.1e} → {losses[-1]:.1e}", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "03_learning_a_shift.png", __file__)
+save_figure(fig, "03_learning_a_shift.png")
 
 # %% [markdown]
 # ## 4. At integer coordinates: one-sided, toward +1
@@ -379,13 +397,14 @@ lines = ((grad_at[worst][0], "tab:red", (0.0, 0.9), "autograd at y0: forward slo
          (central[worst], "tab:green", (-0.9, 0.9), "central difference"))
 for slope, colour, side, label in lines:
     segment = np.array(side)
-    ax.plot(y_star + segment, v_star + slope * segment, color=colour, lw=2, label=f"{label} ({slope:+.3f})")
-ax.axvline(y_star, color="gray", lw=0.5)
-ax.set_xlabel("y (pixels)")
-ax.set_ylabel("sampled value")
+    ax.plot(y_star + segment, v_star + slope * segment, color=colour, lw=2,
+            label=f"{label} ({slope:+.3f} grey value per px)")
+ax.axvline(y_star, color="gray", lw=0.5, label=f"the pixel centre y0 = {y_star}")
+ax.set_xlabel(f"y (pixels), along column x = {x_star}")
+ax.set_ylabel("sampled grey value (0 black, 1 white)")
 ax.set_title(f"the corner at the pixel centre y0 = {y_star}")
 ax.legend(fontsize=8)
-save_figure(fig, "03_integer_convention.png", __file__)
+save_figure(fig, "03_integer_convention.png")
 
 # %% [markdown]
 # ## What to take away

@@ -24,9 +24,6 @@
 # down, so a positive dy moves a point down the page.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -143,24 +140,32 @@ print(f"max |deform_conv2d(Δp_k = p_k) - conv2d(dilation {2 * DILATION})| = {ga
 check(gap < 1e-12, "offsets Δp_k = p_k turn a 3×3 convolution into one of twice the dilation")
 
 # %% [markdown]
-# The figure: the patch, one window at its centre. Green: the regular grid p0 + p_k. Blue: the
-# deformed grid p0 + p_k + Δp_k (= p0 + A p_k). Arrows: the offsets Δp_k, drawn to scale (an arrow ends where
-# the point samples).
+# The figure: the patch, one window at its centre. Green: the regular grid p0 + p_k. Navy: the
+# deformed grid p0 + p_k + Δp_k (= p0 + A p_k). Light-blue arrows: the offsets Δp_k, drawn to
+# scale (an arrow ends where the point samples).
 
 # %%
 centre = np.array([height // 2, width // 2], dtype=np.float64)
-fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
-viz.show_image(axes[0], patch, "(a) regular sampling grid", vmin=0, vmax=1)
+fig, axes = plt.subplots(2, 2, figsize=(8.6, 9.4), layout="constrained")
+axes = axes.ravel()
+viz.show_image(axes[0], patch, "(a) regular sampling grid p0 + p_k", vmin=0, vmax=1)
 viz.draw_points(axes[0], centre + kernel_points, color="limegreen", size=60, edgecolors="black")
 for ax, (name, offsets) in zip(axes[1:], deformations.items()):
-    viz.show_image(ax, patch, f"{name}: p_k + Δp_k", vmin=0, vmax=1)
+    viz.show_image(ax, patch, f"{name}: p0 + p_k + Δp_k", vmin=0, vmax=1)
     viz.draw_points(ax, centre + kernel_points, color="limegreen", size=30, alpha=0.6)
     viz.draw_offsets(ax, centre + kernel_points, offsets, color="deepskyblue", width=0.008)
     viz.draw_points(ax, centre + deformed_grids[name], color="navy", size=60, edgecolors="white")
-fig.suptitle(f"DCN Figure 1 on a photograph: 3×3 grid with dilation {DILATION}; offsets of (c) and "
-             "(d) computed from the transformation, of (b) drawn at random", fontsize=11)
-fig.tight_layout()
-save_figure(fig, "04_figure1_sampling_grids.png", __file__)
+key = [plt.Line2D([], [], marker="o", ls="none", ms=8, mfc="limegreen", mec="black",
+                  label="regular grid p0 + p_k"),
+       plt.Line2D([], [], marker="o", ls="none", ms=8, mfc="navy", mec="white",
+                  label="where the deformable conv samples, p0 + p_k + Δp_k"),
+       plt.Line2D([], [], color="deepskyblue", lw=2, marker=">", ms=6,
+                  label="offset Δp_k, to scale (1 px of arrow = 1 px)")]
+fig.legend(handles=key, loc="outside lower center", ncol=1, fontsize=9)
+fig.suptitle(f"DCN Figure 1 on a {height}×{width} px photograph patch: a 3×3 grid with dilation "
+             f"{DILATION}\noffsets of (c) and (d) computed from the transformation, of (b) drawn at random",
+             fontsize=10)
+save_figure(fig, "04_figure1_sampling_grids.png")
 
 # %% [markdown]
 # ## 2. With zero offsets, a deformable convolution is a convolution
@@ -308,8 +313,8 @@ for name, T in transforms.items():
     learned = learned_points - pixels.reshape(1, SIZE, SIZE, 2) - unit_points[:, None, None, :]
     distance = np.linalg.norm(learned - true_offsets[:, None, None, :], axis=-1)
     start = np.linalg.norm(true_offsets, axis=-1)
-    print(f"  true offsets   (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in true_offsets))
-    print(f"  learned offsets (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in history[-1]))
+    print("  true offsets   (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in true_offsets))
+    print("  learned offsets (dy, dx): " + " ".join(f"({a:+.3f},{b:+.3f})" for a, b in history[-1]))
     print(f"  loss {losses[0]:.2e} -> {losses[-1]:.2e} after {STEPS} steps")
     print(f"  |learned - true| over all {distance.size} sampling points: mean {distance.mean():.1e}"
           f" px, max {distance.max():.1e} px (at the start: mean {start.mean():.2f}, max "
@@ -339,17 +344,19 @@ for row, (name, r) in zip(axes, results.items()):
     ax_copy, ax_window, ax_image, ax_kernel, ax_error = row
     copy_origin = (pixels @ r["T"].T.astype(np.int64)).min(axis=0) - 1
     window_centre = (r["T"] @ p0).astype(np.int64) - copy_origin  # T p0, in the copy's indices
-    viz.show_image(ax_copy, r["copy"], f"copy x' ({name})", vmin=0, vmax=1)
+    viz.show_image(ax_copy, r["copy"], f"copy x' ({name});\ngreen square: the close-up on its right",
+                   vmin=0, vmax=1)
     viz.draw_box(ax_copy, [window_centre[1] - 5, window_centre[0] - 5, window_centre[1] + 6,
                            window_centre[0] + 6], color="limegreen")
-    viz.show_image(ax_window, r["copy"], "x' close up: plain 3×3 window at T p0", vmin=0, vmax=1)
+    viz.show_image(ax_window, r["copy"], "x' close up (11×11 px):\nthe plain 3×3 window at T p0 (green)",
+                   vmin=0, vmax=1)
     viz.draw_points(ax_window, window_centre + unit_points, color="limegreen", size=60,
                     edgecolors="black")
     ax_window.set_xlim(window_centre[1] - 5.5, window_centre[1] + 5.5)
     ax_window.set_ylim(window_centre[0] + 5.5, window_centre[0] - 5.5)
 
-    viz.show_image(ax_image, image, "x close up: learned points (navy), true (white rings)",
-                   vmin=0, vmax=1)
+    viz.show_image(ax_image, image, "x close up (5×5 px around p0):\n"
+                   "learned sampling points and their paths", vmin=0, vmax=1)
     paths = p0 + unit_points + r["history"]  # (steps + 1, 9, 2)
     for k in range(9):
         ax_image.plot(paths[:, k, 1], paths[:, k, 0], color="deepskyblue", lw=0.8)
@@ -364,13 +371,14 @@ for row, (name, r) in zip(axes, results.items()):
                      label="true T⁻¹p_k - p_k")
     viz.draw_offsets(ax_kernel, unit_points, r["history"][-1], color="tab:red", width=0.008,
                      label="learned")
-    viz.draw_points(ax_kernel, unit_points, color="limegreen", size=25)
+    viz.draw_points(ax_kernel, unit_points, color="limegreen", size=25, label="kernel point p_k")
     ax_kernel.set_xlim(-1.8, 1.8)
     ax_kernel.set_ylim(1.8, -1.8)
     ax_kernel.set_aspect("equal")
     ax_kernel.set_xlabel("x (px)")
     ax_kernel.set_ylabel("y (px)")
-    ax_kernel.set_title(f"offsets per kernel point; max error {r['distance'].max():.1e} px",
+    ax_kernel.set_title("offset of each kernel point, arrows to scale;\n"
+                        f"max error {r['distance'].max():.1e} px",
                         fontsize=9)
     ax_kernel.legend(fontsize=8, loc="lower right")
 
@@ -381,8 +389,17 @@ for row, (name, r) in zip(axes, results.items()):
     ax_error.set_ylabel("|learned - true| (px)")
     ax_error.set_title("distance to the true offsets", fontsize=9)
     ax_error.legend(fontsize=8)
+key = [plt.Line2D([], [], marker="o", ls="none", ms=4, mfc="limegreen", mec="limegreen",
+                  label="regular grid p0 + p_k (where training starts)"),
+       plt.Line2D([], [], color="deepskyblue", lw=1, label="the path of each point during training"),
+       plt.Line2D([], [], marker="o", ls="none", ms=5, mfc="navy", mec="navy",
+                  label="learned sampling point p0 + p_k + Δp_k"),
+       plt.Line2D([], [], marker="o", ls="none", ms=10, mfc="none", mec="black",
+                  label="true sampling point p0 + T⁻¹p_k (white ring)")]
 fig.tight_layout()
-save_figure(fig, "04_learned_offsets.png", __file__)
+fig.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=10,
+           title="third column (x close up)", title_fontsize=10)
+save_figure(fig, "04_learned_offsets.png")
 
 # %% [markdown]
 # ## What to take away

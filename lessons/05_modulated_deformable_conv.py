@@ -20,9 +20,6 @@
 # Run it with `minidcn lesson 5` or `python lessons/05_modulated_deformable_conv.py`.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.cbook as cbook
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
@@ -101,26 +98,33 @@ print(f"max |∂(Σ y)/∂Δm_k(p0) - Σ_channels c_k(p0)| = {gap:.1e}")
 check(gap < 1e-12, "the gradient with respect to a mask value is that point's contribution")
 
 # %% [markdown]
-# The nine contributions for output channel 0, the random mask of two of the points, and the
-# output: the sum of the contributions, each weighted pixel by pixel by its mask.
+# The nine contributions for output channel 0, each drawn where its kernel point sits in the
+# 3×3 grid, the random mask of two of the points, and the output: the sum of the
+# contributions, each weighted pixel by pixel by its mask.
 
 # %%
-fig, axes = plt.subplots(2, 7, figsize=(15, 4.8))
+fig, axes = plt.subplots(3, 5, figsize=(11, 7.4), layout="constrained")
 limit = np.abs(contributions[:, 0]).max()
-for k, ax in enumerate(axes.flat[:9]):
-    viz.show_image(ax, contributions[k, 0], f"c_{k}: point ({k // 3}, {k % 3})", cmap="coolwarm",
-                   vmin=-limit, vmax=limit)
-for ax, k in zip(axes.flat[9:11], (0, 4)):
-    viz.show_image(ax, mask[0, k], f"Δm_{k} (random)", cmap="viridis", vmin=0, vmax=1)
-viz.show_image(axes.flat[11], recombined[0], "Σ_k Δm_k c_k", cmap="coolwarm",
-               vmin=-limit, vmax=limit)
-viz.show_image(axes.flat[12], modulated(mask).numpy()[0, 0], "deform_conv2d(..., mask)",
-               cmap="coolwarm", vmin=-limit, vmax=limit)
-viz.show_image(axes.flat[13], v1.numpy()[0, 0], "mask = 1 (DCN v1)", cmap="coolwarm",
-               vmin=-limit, vmax=limit)
-fig.suptitle("the mask weights each sampling point's contribution, pixel by pixel", fontsize=11)
-fig.tight_layout()
-save_figure(fig, "05_mask_is_a_weight.png", __file__)
+value_range = {"cmap": "coolwarm", "vmin": -limit, "vmax": limit}
+for k in range(9):
+    viz.show_image(axes[k // 3, k % 3], contributions[k, 0],
+                   f"c_{k}: point (i, j) = ({k // 3}, {k % 3})", **value_range)
+for ax, k in zip(axes[:2, 3], (0, 4)):
+    mask_shown = viz.show_image(ax, mask[0, k], f"Δm_{k}: a random mask", cmap="viridis", vmin=0,
+                                vmax=1)
+axes[2, 3].set_axis_off()
+masked = modulated(mask).numpy()[0, 0]
+viz.show_image(axes[0, 4], recombined[0], "Σ_k Δm_k c_k, by hand", **value_range)
+viz.show_image(axes[1, 4], masked, "deform_conv2d(..., mask)\n"
+               f"(differs by {np.abs(masked - recombined[0]).max():.0e})", **value_range)
+value_shown = viz.show_image(axes[2, 4], v1.numpy()[0, 0], "mask = 1 (DCN v1)", **value_range)
+fig.colorbar(value_shown, ax=axes[:, 4], fraction=0.08, label="c_k and output, channel 0 (one scale)")
+fig.colorbar(mask_shown, ax=axes[2, 3], location="top", fraction=0.2, label="mask Δm_k")
+fig.suptitle("the mask weights each sampling point's contribution, pixel by pixel "
+             f"({size}×{size} px patch, random offsets)\n"
+             "left: c_k(p0) = w_k · x(p0 + p_k + Δp_k), one map per kernel point (i, j), red = positive",
+             fontsize=10)
+save_figure(fig, "05_mask_is_a_weight.png")
 
 # %% [markdown]
 # ## 2. Learning to ignore distractors
@@ -285,45 +289,69 @@ check(np.percentile(stats["distracting"], 90) < np.percentile(stats["useful"], 1
 # The figure. Top: four test images, and in each the unit whose footprint mixes the most
 # distracting points with at least three useful ones (a stated rule, applied to the model's
 # own masks), close up; its nine sampling points, as the layer reports them, are filled with
-# area and colour by their mask, printed below each (blue rings show where all nine are).
-# Bottom: the mask of the centre point over each whole image (the mask is a map, one per
-# kernel point; the blue box is the close-up), next to the distribution of all masks by kind
-# and the training curves.
+# area and colour by their mask, printed below each in cyan (blue rings show where all nine
+# are, so a point with mask near 0 is still visible). Bottom: the mask of the centre point over
+# each whole image (the mask is a map, one per kernel point; the blue box is the close-up),
+# next to the distribution of all masks by kind and the training curves. The grey levels of
+# the images are their values: black -1 (distractor ink), grey 0 (background), white +1
+# (object ink).
 
 # %%
 useful_count = kinds["useful"].sum(axis=1)  # (N, H, W): useful points per unit
 distracting_count = kinds["distracting"].sum(axis=1)
 ZOOM = 6  # the top row shows 13×13 pixels around the unit
-fig = plt.figure(figsize=(19, 9.5))
+POINT_SIZE = 420  # marker area (pt²) of a point with mask 1
+fig = plt.figure(figsize=(19, 10), layout="constrained")
 grid = fig.add_gridspec(2, 5, width_ratios=(1, 1, 1, 1, 1.5), height_ratios=(1.1, 1))
+image_axes, map_axes = [], []
 for i in range(4):
     score = np.where(useful_count[i] >= 3, distracting_count[i], -1)
     uy, ux = (int(v) for v in np.unravel_index(score.argmax(), score.shape))
     unit_points, unit_masks = points[i, :, uy, ux], masks[i, :, uy, ux]
     ax = fig.add_subplot(grid[0, i])
-    viz.show_image(ax, test_x[i, 0], f"test image {i}, unit ({uy}, {ux}): "
-                   f"{distracting_count[i, uy, ux]} distracting,\n{useful_count[i, uy, ux]} useful "
-                   "points; area and colour = mask", cmap="gray", vmin=-1, vmax=1)
-    viz.draw_points(ax, unit_points, color="none", size=420, edgecolors="deepskyblue",
+    image_axes.append(ax)
+    image_shown = viz.show_image(ax, test_x[i, 0], f"test image {i}, close-up of unit ({uy}, {ux}):\n"
+                                 f"{distracting_count[i, uy, ux]} distracting, "
+                                 f"{useful_count[i, uy, ux]} useful points", cmap="gray", vmin=-1, vmax=1)
+    viz.draw_points(ax, unit_points, color="none", size=POINT_SIZE, edgecolors="deepskyblue",
                     linewidths=1.0)  # where the nine points are, whatever their mask
-    viz.draw_points(ax, unit_points, unit_masks, size=420, cmap="plasma")
+    points_shown = viz.draw_points(ax, unit_points, unit_masks, size=POINT_SIZE, cmap="plasma")
     for (py, px), value in zip(unit_points, unit_masks):
-        ax.text(px, py + 0.75, f"{value:.2f}", ha="center", va="top", fontsize=7, color="cyan")
-    ax.set_xlim(ux - ZOOM - 0.5, ux + ZOOM + 0.5)
-    ax.set_ylim(uy + ZOOM + 0.5, uy - ZOOM - 0.5)
+        ax.text(px, py + 0.75, f"{value:.2f}", ha="center", va="top", fontsize=7, color="cyan",
+                bbox={"fc": "black", "alpha": 0.6, "pad": 0.4, "lw": 0})
+    # the close-up: 13×13 pixels around the unit, moved inside the image where the unit is near
+    # its border (so that nothing outside the image shows)
+    cy, cx = (int(np.clip(v, ZOOM, IMAGE_SIZE - 1 - ZOOM)) for v in (uy, ux))
+    ax.set_xlim(cx - ZOOM - 0.5, cx + ZOOM + 0.5)
+    ax.set_ylim(cy + ZOOM + 0.5, cy - ZOOM - 0.5)
     ax_map = fig.add_subplot(grid[1, i])
-    shown = viz.show_image(ax_map, masks[i, 4], "mask of the centre point, Δm_4(p0)",
-                           cmap="plasma", vmin=0, vmax=1)
-    viz.draw_box(ax_map, [ux - ZOOM, uy - ZOOM, ux + ZOOM + 1, uy + ZOOM + 1], color="deepskyblue")
-fig.colorbar(shown, ax=ax_map, fraction=0.046, label="mask")
+    map_axes.append(ax_map)
+    viz.show_image(ax_map, masks[i, 4], f"test image {i}: the centre point's\nmask Δm_4(p0) at every "
+                   "unit p0", cmap="plasma", vmin=0, vmax=1)
+    viz.draw_box(ax_map, [cx - ZOOM, cy - ZOOM, cx + ZOOM + 1, cy + ZOOM + 1], color="deepskyblue")
+colorbar = fig.colorbar(image_shown, ax=image_axes, fraction=0.02, pad=0.01, label="image value")
+colorbar.set_ticks([-1, 0, 1], labels=["-1 distractor ink", "0 background", "+1 object ink"])
+colorbar.ax.yaxis.set_label_position("left")
+fig.colorbar(points_shown, ax=map_axes, fraction=0.02, pad=0.01,
+             label="mask Δm (colour of the points above and of these maps)")
+key = [plt.Line2D([], [], marker="o", ls="none", ms=np.sqrt(POINT_SIZE * m), mfc=plt.cm.plasma(m),
+                  mec="deepskyblue", label=f"mask {m:g}") for m in (0.25, 0.5, 1.0)]
+key.append(plt.Line2D([], [], color="cyan", marker="$0.9$", ls="none", ms=14,
+                      label="its mask, printed under it"))
+key.append(plt.Line2D([], [], color="deepskyblue", marker="s", mfc="none", ls="none", ms=14,
+                      label="blue box: the close-up above"))
+fig.legend(handles=key, loc="outside lower left", ncol=len(key), fontsize=9, columnspacing=2.5,
+           title="top row: a sampling point's filled area and colour are its mask; its blue ring "
+                 "shows where it is (a point with mask 0 keeps only the ring)", title_fontsize=9)
 
 ax_hist = fig.add_subplot(grid[0, 4])
 bins = np.linspace(0, 1, 41)
 for name, colour in zip(stats, ("tab:green", "tab:red", "tab:gray")):
     ax_hist.hist(stats[name], bins=bins, density=True, alpha=0.6, color=colour,
-                 label=f"{name} (mean {stats[name].mean():.2f})")
+                 label=f"{name}: {stats[name].size} points, mean {stats[name].mean():.2f}")
 ax_hist.set_xlabel("learned mask Δm")
-ax_hist.set_title("masks on the test images, by what the point lands on", fontsize=9)
+ax_hist.set_ylabel("density (each histogram has area 1)")
+ax_hist.set_title("every sampling point of the test images, by what it lands on", fontsize=9)
 ax_hist.legend(fontsize=8)
 
 ax_loss = fig.add_subplot(grid[1, 4])
@@ -331,9 +359,9 @@ ax_loss.semilogy(plain_losses, label=f"plain conv (test {plain_test:.3f})")
 ax_loss.semilogy(dcn_losses, label=f"modulated DCN (test {dcn_test:.3f})")
 ax_loss.set_xlabel("Adam step")
 ax_loss.set_ylabel("training mean squared error")
+ax_loss.set_title("training curves; in brackets the error on the test images", fontsize=9)
 ax_loss.legend(fontsize=8)
-fig.tight_layout()
-save_figure(fig, "05_learned_masks.png", __file__)
+save_figure(fig, "05_learned_masks.png")
 
 # %% [markdown]
 # ## What to take away

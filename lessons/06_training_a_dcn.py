@@ -22,19 +22,14 @@
 
 # %%
 import math
-import tempfile
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
 from minidcn import Tensor, data, nn, no_grad, optim, viz
 from minidcn import functional as F
-from minidcn.lessons_support import check, figures_dir, quick, save_figure
+from minidcn.lessons_support import check, figures_dir, quick, save_figure, save_gif
 
 QUICK = quick()
 N_TRAIN = 2000 if QUICK else 5000
@@ -85,12 +80,16 @@ seen_in_training = {image.tobytes() for image in train.images}
 check(not any(image.tobytes() in seen_in_training for image in test_strong.images),
       "no strong test image is also a training image")
 
-fig, axes = plt.subplots(2, 10, figsize=(12, 2.8))
+fig, axes = plt.subplots(2, 10, figsize=(10, 3.2))
 for row, (name, glyph_set) in enumerate((("mild", test_mild), ("strong", test_strong))):
     for col, ax in enumerate(axes[row]):
-        viz.show_image(ax, glyph_set.images[col], title=f"{name}: {glyph_set.labels[col]}")
-fig.suptitle("the same data generator, mild (top) and strong (bottom) deformation")
-save_figure(fig, "06_data.png", __file__)
+        viz.show_image(ax, glyph_set.images[col], title=f"{glyph_set.labels[col]}")
+        ax.title.set_fontsize(10)
+    axes[row, 0].set_ylabel(name, fontsize=10)
+fig.suptitle("the same data generator, mild (top) and strong (bottom) deformation\n"
+             "above each 28×28 px image: its label, the digit drawn", fontsize=10)
+fig.tight_layout()
+save_figure(fig, "06_data.png")
 
 # %% [markdown]
 # The networks get the images standardised with the training set's mean and standard
@@ -313,31 +312,37 @@ for (name, seed), (strong, _) in accuracies.items():
     check(strong > floor, f"{name} (seed {seed}) learned: strong test accuracy {strong:.3f} > "
                           f"{floor}, chance is 0.1")
 
-fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+# One meaning per colour and shade in both panels: the colour is the network, the shade the
+# seed (the first seed solid, the second faded).
+NETWORK_COLOURS = {"plain CNN": "tab:blue", "DCN": "tab:red"}
+SEED_ALPHA = {seed: 1.0 if k == 0 else 0.45 for k, seed in enumerate(SEEDS)}
+fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(9.5, 4))
 epochs = np.arange(1, EPOCHS + 1)
 for (name, seed), curve in curves.items():
     curve_ax.plot(epochs, curve, "o-" if name == "DCN" else "s--",
-                  color="tab:red" if name == "DCN" else "tab:blue",
-                  alpha=1.0 if seed == SEEDS[0] else 0.5, label=f"{name}, seed {seed}")
+                  color=NETWORK_COLOURS[name], alpha=SEED_ALPHA[seed], label=f"{name}, seed {seed}")
 curve_ax.set_xlabel("epoch")
-curve_ax.set_ylabel("strong test accuracy")
+curve_ax.set_ylabel(f"accuracy on the strong test set\n(fraction of {N_TEST} images)")
 curve_ax.set_xticks(epochs)
-curve_ax.legend(fontsize=8)
+curve_ax.set_title("accuracy after each epoch", fontsize=10)
+curve_ax.legend(fontsize=9)
 curve_ax.grid(alpha=0.3)
 width = 0.8 / len(SEEDS)
 for k, seed in enumerate(SEEDS):
     errors = [1 - accuracies[name, seed][0] for name in NETWORKS]
     drawn = bar_ax.bar(np.arange(len(NETWORKS)) + (k - (len(SEEDS) - 1) / 2) * width, errors,
-                       width=width * 0.9, yerr=[standard_error(e) for e in errors],
-                       capsize=3, label=f"seed {seed}")
-    bar_ax.bar_label(drawn, fmt="%.3f", fontsize=8, padding=6)
+                       width=width * 0.9, yerr=[standard_error(e) for e in errors], capsize=3,
+                       color=[NETWORK_COLOURS[name] for name in NETWORKS], alpha=SEED_ALPHA[seed])
+    bar_ax.bar_label(drawn, labels=[f"seed {seed}\n{e:.3f}" for e in errors], fontsize=9,
+                     padding=4)
 bar_ax.set_xticks(np.arange(len(NETWORKS)), list(NETWORKS))
-bar_ax.set_ylabel("strong test error (± 1 standard error)")
-bar_ax.set_ylim(0, 1.3 * bar_ax.get_ylim()[1])
-bar_ax.legend(loc="upper center", ncol=len(SEEDS))
-fig.suptitle(f"same budget: {N_TRAIN} training images, {EPOCHS} epochs, batch {BATCH}, Adam")
+bar_ax.set_ylabel(f"error on the strong test set\n(fraction of {N_TEST} images)")
+bar_ax.set_ylim(0, 1.35 * bar_ax.get_ylim()[1])
+bar_ax.set_title("final error; bars: ± 1 binomial standard error", fontsize=10)
+fig.suptitle(f"plain CNN and DCN with the same budget: {N_TRAIN} training images, {EPOCHS} "
+             f"epochs, batch {BATCH}, Adam", fontsize=11)
 fig.tight_layout()
-save_figure(fig, "06_accuracy.png", __file__)
+save_figure(fig, "06_accuracy.png")
 
 # %% [markdown]
 # ## 5. Where the trained DCN looks
@@ -371,26 +376,38 @@ for i, layer in enumerate(deformable_layers(dcn), start=1):
 
 
 def draw_frame(points, title):
-    fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
-    for ax, image, grid, now in zip(axes, WATCHED_IMAGES, regular, points):
-        viz.show_image(ax, image)
+    """One frame: the watched unit's nine points on each watched image, with a key. Every
+    frame has the same size (a GIF needs it), so the layout is fixed, not tight."""
+    fig, axes = plt.subplots(1, 4, figsize=(9, 3.4))
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.8, bottom=0.2, wspace=0.05)
+    for k, (ax, image, grid, now) in enumerate(zip(axes, WATCHED_IMAGES, regular, points)):
+        viz.show_image(ax, image, title=f"strong test image {k + 1}")
+        ax.title.set_fontsize(10)
         ax.scatter(grid[:, 1], grid[:, 0], s=30, marker="s", facecolors="none",
                    edgecolors="tab:cyan")
         viz.draw_offsets(ax, grid, now - grid, color="tab:orange")
         viz.draw_points(ax, now, size=14)
         ax.set_xlim(-0.5, 27.5)
         ax.set_ylim(27.5, -0.5)
-    fig.suptitle(title, fontsize=10)
+    key = [plt.Line2D([], [], linestyle="", marker="s", markersize=6, markerfacecolor="none",
+                      markeredgecolor="tab:cyan", label="regular 3×3 grid (a plain convolution)"),
+           plt.Line2D([], [], color="tab:orange", linewidth=2,
+                      label="learned offset Δp_k, to scale"),
+           plt.Line2D([], [], linestyle="", marker="o", markersize=4, color="tab:red",
+                      label="where the deformable layer reads")]
+    fig.legend(handles=key, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(f"{title}\nthe unit's 9 sampling points on 4 images (28×28 px); "
+                 "one feature cell = 4×4 px", fontsize=10)
     return fig
 
 
-title = f"DCN, last deformable layer, unit {UNIT}"
+title = f"DCN (seed {SEEDS[0]}), last deformable layer, centre unit {UNIT} of its 7×7 map"
 save_figure(draw_frame(frames_points[-1], f"{title}: after {EPOCHS} epochs"),
-            "06_sampling_points.png", __file__)
-frames = [viz.figure_to_array(draw_frame(points, f"{title}: after epoch {epoch}" if epoch
-                                         else f"{title}: before training"))
-          for epoch, points in enumerate(frames_points)]
-viz.save_gif(frames, figures_dir(__file__) / "06_sampling_points.gif", fps=1.5)
+            "06_sampling_points.png")
+frames = (draw_frame(points, f"{title}: after epoch {epoch}" if epoch
+                     else f"{title}: before training")
+          for epoch, points in enumerate(frames_points))
+save_gif(frames, "06_sampling_points.gif", fps=1.5)
 
 # %% [markdown]
 # ## 6. Keep the trained DCN
@@ -400,8 +417,7 @@ viz.save_gif(frames, figures_dir(__file__) / "06_sampling_points.gif", fps=1.5)
 # predicts exactly what the trained one does.
 
 # %%
-saved = Path(tempfile.gettempdir()) / "minidcn" / ("06_dcn_quick.npz" if QUICK else "06_dcn.npz")
-saved.parent.mkdir(parents=True, exist_ok=True)
+saved = figures_dir() / ("06_dcn_quick.npz" if QUICK else "06_dcn.npz")
 dcn.save(saved)
 reloaded = build_network(True, seed=SEEDS[0] + 100)  # different initial weights
 reloaded.load_state_dict(saved)
@@ -409,6 +425,35 @@ with no_grad():
     same = np.array_equal(reloaded(batch).numpy(), dcn(batch).numpy())
 print(f"saved the trained DCN to {saved}")
 check(same, "the reloaded DCN predicts exactly what the trained one does")
+
+# %% [markdown]
+# ## 7. Run the trained DCN outside minidcn: ONNX Runtime
+#
+# The autograd engine records every op of a forward pass with its arguments, so that graph
+# can be written out. `minidcn.onnx.export` runs the DCN once on example images and writes
+# an ONNX file; its deformable layers become ONNX's `DeformConv`, which uses torchvision's
+# offset layout, the one minidcn uses. ONNX Runtime then runs the file without minidcn and
+# should predict the same scores, up to float32 round-off. (This needs `pip install onnx
+# onnxruntime`; without them the cell says so and does nothing.)
+
+# %%
+try:
+    import onnxruntime
+
+    import minidcn.onnx
+except ImportError as missing:
+    print(f"skipped: the ONNX export needs onnx and onnxruntime ({missing}); "
+          "pip install onnx onnxruntime")
+else:
+    exported = saved.with_suffix(".onnx")
+    minidcn.onnx.export(dcn, (batch,), exported)
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    onnx_scores = session.run(None, {"input": batch.numpy()})[0]
+    with no_grad():
+        onnx_gap = np.abs(onnx_scores - dcn(batch).numpy()).max()
+    print(f"wrote {exported}; ONNX Runtime against minidcn on {len(batch)} test images: "
+          f"largest score difference {onnx_gap:.2e}")
+    check(onnx_gap <= 1e-4, "ONNX Runtime reproduces the trained DCN's scores to 1e-4")
 
 # %% [markdown]
 # ## What we saw

@@ -21,8 +21,9 @@
 # 1. reads off the ops, with autograd, which elements share statistics, and draws it;
 # 2. checks numerically that GroupNorm(1, C) is LayerNorm and GroupNorm(C, C) is InstanceNorm;
 # 3. shows the batch dependence on one image;
-# 4. trains the same small network with BN and with GN at batch sizes 2 to 32 and plots
-#    test error against batch size: the GN paper's Figure 1 in miniature.
+# 4. trains the same small network with BN and with GN at batch sizes 2 to 32, 3 seeds each,
+#    with the learning rate scaled linearly with the batch, and plots test error against batch
+#    size: the GN paper's Figure 1 in miniature.
 #
 # Run it with `minidcn lesson 9` or `python lessons/09_group_normalization.py`.
 
@@ -38,9 +39,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
@@ -128,7 +126,7 @@ fig.suptitle(f"which (n, c) planes share one mean and variance, found by autogra
              f"({N_SHOWN}, {C_SHOWN}, {H_SHOWN}, {H_SHOWN}) input; each cell is a whole "
              f"{H_SHOWN}×{H_SHOWN} plane, one colour per set", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "09_grouping.png", __file__)
+save_figure(fig, "09_grouping.png")
 
 # %% [markdown]
 # ## 2. GroupNorm's extremes
@@ -215,64 +213,86 @@ check(np.array_equal(eval_outputs[0], eval_outputs[1]),
 # %% [markdown]
 # ## 4. The GN paper's Figure 1 in miniature
 #
-# **Data**: `data.glyphs`, digits from three fonts, 28×28, under strong random scale, aspect,
-# rotation (±60°), shear and shift (`"strong"`), for training and testing (different seeds).
+# The paper trains ResNet-50 on ImageNet at batch sizes 32, 16, 8, 4 and 2 per GPU and plots
+# the validation error: BN's climbs steeply as the batch shrinks, GN's hardly moves. We
+# repeat the experiment with the paper's protocol where it matters, on a network and data
+# small enough to train 30 times in a few minutes:
 #
-# **Network** (the same for both, only the norm layer differs): four blocks of
-# conv 3×3 (no bias) → norm → ReLU, of 16, 32, 32 and 64 channels, with a 2×2 max pool
-# between blocks, so the blocks see 28×28, 14×14, 7×7 and 3×3 pixels; then a linear
-# classifier on the 64·3·3 features. The norm is `BatchNorm2d(C)` or `GroupNorm(C/4, C)`
-# (groups of 4 channels). At the last block a BatchNorm statistic of a batch of 2 is
-# computed from 2·3·3 = 18 values per channel.
+# * **the learning rate is scaled linearly with the batch**, the paper's rule:
+#   lr = 0.05 · B / 32 (SGD, momentum 0.9). With the epochs fixed this keeps lr × steps the
+#   same at every batch size: a batch of 2 takes 16 times as many steps, each 16 times smaller.
+#   The first epoch warms the rate up linearly from 0 (the warm-up that Goyal et al. pair
+#   with the linear rule), then a half cosine brings it back to 0;
+# * **the same number of epochs at every batch size** (6 epochs of 1000 images);
+# * **3 seeds per point**: a seed fixes the initial weights (the same for BN and GN: the
+#   norm layers draw nothing) and the order of the images; the figure shows the mean over
+#   seeds, with bars from the lowest to the highest seed;
+# * **BN is evaluated with its running statistics** (`model.eval()`), as in the paper.
 #
-# **Training**: the same number of epochs at every batch size, so a batch of 2 takes 16 times
-# as many steps as a batch of 32. Adam, with one rule for the learning rate at every batch
-# size: `3e-3 · sqrt(B / 32)` (the square-root scaling usual for Adam), decayed to 0 by a half
-# cosine over the run. Each run starts from the same initial weights (seed 92) and reads the
-# data in the same order. Test error is measured in evaluation mode (BatchNorm then uses its
-# running averages).
+# **Data**: `data.glyphs` at 16×16 pixels, a distortion between the lesson-06 "mild" and
+# "strong" ones (scale 0.5-0.8 of the image, rotation ±30°, shear ±0.3, aspect up to 1.3,
+# shifted anywhere in 60 % of the free room). 1000 training and 1000 test images.
 #
-# Besides the test error we keep the mean training loss of the last epoch (as training sees
-# it: BatchNorm with batch statistics). A run whose training loss is still high has not
-# finished learning, whatever its batch size.
+# **Network**: five blocks of conv 3×3 (no bias) → norm → ReLU, of 16, 32, 32, 64 and 64
+# channels, with a 2×2 max pool between blocks, so they see 16, 8, 4, 2 and 1 pixels; then a
+# linear classifier on the 64 features. The norm is `nn.BatchNorm2d(C)` or
+# `nn.GroupNorm(4, C)` (4 groups in every layer, as the paper fixes G = 32 in its larger net).
+#
+# Why this network shows the effect: a BatchNorm statistic is computed from N·H·W values per
+# channel. In the first block, at batch 2, that is 2·16·16 = 512 values, plenty; in the last
+# block, at 1×1 pixel, it is **2 values**, and a mean and variance of two numbers normalise
+# them to -1 and +1 whatever they were. The network then trains on features it cannot
+# reproduce at test time, when the running averages replace the batch's. ResNet-50 at batch 2
+# is far less extreme (its last stage still has 2·7·7 = 98 values per channel), which is why
+# its BN error rises from 24 % to 35 %, not to chance; ours is the same mechanism, enlarged.
+# GroupNorm's statistics are per image (here 16·1·1 = 16 values per group in the last block)
+# and do not see the batch at all.
 
 # %%
 BATCH_SIZES = (2, 4, 8, 16, 32)
-WIDTHS = (16, 32, 32, 64)  # channels of the four conv-norm-relu blocks
-CHANNELS_PER_GROUP = 4
-BASE_LR = 3e-3
-n_train, n_test, epochs = (400, 500, 1) if quick() else (2000, 2000, 4)
-train = data.glyphs(n_train, "strong", seed=90)
-test = data.glyphs(n_test, "strong", seed=91)
-print(f"{n_train} training and {n_test} test glyphs, {epochs} epoch(s) per run")
+SEEDS = (0, 1, 2)
+WIDTHS = (16, 32, 32, 64, 64)  # channels of the five conv-norm-relu blocks
+GROUPS = 4
+BASE_LR, REFERENCE_BATCH, MOMENTUM, WARMUP_EPOCHS = 0.05, 32, 0.9, 1
+IMAGE_SIZE = 16
+MEDIUM = data.Distortion(scale=(0.5, 0.8), aspect=1.3, rotation=30.0, shear=0.3, shift=0.6)
+n_train, n_test, epochs = (64, 200, 2) if quick() else (1000, 1000, 6)
+train = data.glyphs(n_train, MEDIUM, image_size=IMAGE_SIZE, seed=90)
+test = data.glyphs(n_test, MEDIUM, image_size=IMAGE_SIZE, seed=91)
+print(f"{n_train} training and {n_test} test glyphs of {IMAGE_SIZE}×{IMAGE_SIZE}, "
+      f"{epochs} epochs per run, seeds {SEEDS}")
 
 
 def norm_layer(kind, channels):
-    if kind == "BN":
-        return nn.BatchNorm2d(channels)
-    return nn.GroupNorm(channels // CHANNELS_PER_GROUP, channels)
+    return nn.BatchNorm2d(channels) if kind == "BN" else nn.GroupNorm(GROUPS, channels)
 
 
 def make_network(kind, seed):
-    """Four conv3×3-norm-ReLU blocks (28, 14, 7, 3 pixels), then a linear classifier."""
+    """Five conv3×3-norm-ReLU blocks (16, 8, 4, 2, 1 pixels), then a linear classifier."""
     generator = np.random.default_rng(seed)
-    layers, width = [], 1
+    layers, width, size = [], 1, IMAGE_SIZE
     for block, channels in enumerate(WIDTHS):
         if block:
             layers.append(nn.MaxPool2d(2))
+            size //= 2
         layers += [nn.Conv2d(width, channels, 3, padding=1, bias=False, generator=generator),
                    norm_layer(kind, channels), nn.ReLU()]
         width = channels
-    layers += [nn.Flatten(), nn.Linear(width * 3 * 3, 10, generator=generator)]
+    layers += [nn.Flatten(), nn.Linear(width * size * size, 10, generator=generator)]
     return nn.Sequential(*layers)
 
 
-def learning_rate(batch, step, total_steps):
-    """BASE_LR · sqrt(batch / 32), decayed to 0 by a half cosine over the run."""
-    return BASE_LR * np.sqrt(batch / 32) * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+def learning_rate(batch, step, steps_per_epoch, total_steps):
+    """BASE_LR · B / 32 (the linear rule), warmed up over the first epoch, then a half cosine."""
+    peak = BASE_LR * batch / REFERENCE_BATCH
+    warmup = WARMUP_EPOCHS * steps_per_epoch
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total_steps - warmup)))
 
 
 def test_error(model):
+    """Fraction of test images misclassified, in evaluation mode (BN: running statistics)."""
     model.eval()
     wrong = 0
     with minidcn.no_grad():
@@ -283,114 +303,138 @@ def test_error(model):
     return wrong / n_test
 
 
-def train_and_test(kind, batch, run_epochs, seed=92):
-    """Train one network; returns (test error, mean training loss over the last epoch)."""
+def train_and_test(kind, batch, seed):
+    """One run; returns (test error, loss of the first step, mean training loss of the last epoch)."""
     model = make_network(kind, seed)
-    optimiser = minidcn.optim.Adam(model.parameters(), lr=BASE_LR)
-    order_rng = np.random.default_rng(seed)
+    optimiser = minidcn.optim.SGD(model.parameters(), lr=BASE_LR, momentum=MOMENTUM)
+    order_rng = np.random.default_rng(1000 + seed)
     steps_per_epoch = n_train // batch  # the last incomplete batch is dropped
-    total_steps, step = run_epochs * steps_per_epoch, 0
-    with tqdm(total=total_steps, desc=f"{kind}, batch {batch:2d}", leave=False) as bar:
-        for epoch in range(run_epochs):
+    total_steps, step = epochs * steps_per_epoch, 0
+    with tqdm(total=total_steps, desc=f"{kind}, batch {batch:2d}, seed {seed}", leave=False) as bar:
+        for epoch in range(epochs):
             order = order_rng.permutation(n_train)
             losses = []
             for start in range(0, steps_per_epoch * batch, batch):
                 rows = order[start:start + batch]
                 for group in optimiser.param_groups:
-                    group["lr"] = float(learning_rate(batch, step, total_steps))
+                    group["lr"] = float(learning_rate(batch, step, steps_per_epoch, total_steps))
                 loss = F.cross_entropy(model(Tensor(train.images[rows])), train.labels[rows])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 losses.append(loss.item())
+                if step == 0:
+                    first_loss = losses[0]
                 step += 1
                 bar.update()
-    return test_error(model), float(np.mean(losses))
+    return test_error(model), first_loss, float(np.mean(losses))
 
 
-errors, train_losses = {}, {}
+errors, first_losses, train_losses = {}, {}, {}
 for kind in ("BN", "GN"):
     for batch in BATCH_SIZES:
-        errors[kind, batch], train_losses[kind, batch] = train_and_test(kind, batch, epochs)
+        for seed in SEEDS:
+            (errors[kind, batch, seed], first_losses[kind, batch, seed],
+             train_losses[kind, batch, seed]) = train_and_test(kind, batch, seed)
 
-print(f"\ntest error (training loss of the last epoch), {epochs} epoch(s) of {n_train} images")
-print(f"{'batch':>5s} {'steps':>6s} {'BatchNorm':>16s} {'GroupNorm':>16s}")
+
+def over_seeds(table, kind, batch):
+    """(mean, min, max) over the seeds."""
+    values = np.array([table[kind, batch, seed] for seed in SEEDS])
+    return values.mean(), values.min(), values.max()
+
+
+print(f"\ntest error in %, mean [min-max] over {len(SEEDS)} seeds; in brackets after it the "
+      f"mean training loss of the last epoch")
+print(f"{'batch':>5s} {'lr':>8s} {'steps':>6s}   {'BatchNorm':>26s}   {'GroupNorm':>26s}")
 for batch in BATCH_SIZES:
-    cells = [f"{errors[k, batch]:.3f} ({train_losses[k, batch]:.2f})" for k in ("BN", "GN")]
-    print(f"{batch:5d} {epochs * (n_train // batch):6d} {cells[0]:>16s} {cells[1]:>16s}")
+    cells = []
+    for kind in ("BN", "GN"):
+        mean, low, high = (100 * v for v in over_seeds(errors, kind, batch))
+        cells.append(f"{mean:5.1f} [{low:4.1f}-{high:4.1f}] ({over_seeds(train_losses, kind, batch)[0]:.3f})")
+    print(f"{batch:5d} {BASE_LR * batch / REFERENCE_BATCH:8.5f} {epochs * (n_train // batch):6d}   "
+          f"{cells[0]:>26s}   {cells[1]:>26s}")
 
-# %% [markdown]
-# A control for the largest batch. With the epochs fixed, a batch of 32 gets the fewest steps,
-# 1/16 of a batch of 2's. Does a network at batch 32 fall short because of the batch, or
-# because it stopped early? Train GroupNorm at batch 32 once more with four times the epochs
-# (as many steps as batch 8 had) and the same learning-rate rule.
+mean_error = {(kind, batch): over_seeds(errors, kind, batch)[0]
+              for kind in ("BN", "GN") for batch in BATCH_SIZES}
+gn_spread = max(mean_error["GN", b] for b in BATCH_SIZES) - min(mean_error["GN", b] for b in BATCH_SIZES)
+bn_rise = mean_error["BN", 2] - mean_error["BN", 32]
+print(f"\nGN: max - min of its mean error over batch sizes 2..32 = {100 * gn_spread:.1f} points")
+print(f"BN: mean error at batch 2 - at batch 32 = {100 * bn_rise:.1f} points")
+print(f"at batch 2: BN {100 * mean_error['BN', 2]:.1f} %, GN {100 * mean_error['GN', 2]:.1f} %")
 
 # %%
-control_epochs = 4 * epochs
-control_error, control_loss = train_and_test("GN", 32, control_epochs)
-print(f"GN, batch 32, {control_epochs} epochs ({control_epochs * (n_train // 32)} steps): "
-      f"test error {control_error:.3f} (training loss {control_loss:.2f}), against "
-      f"{errors['GN', 32]:.3f} ({train_losses['GN', 32]:.2f}) after {epochs}")
-
-# %%
-fig, (ax_error, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-for kind, colour in (("BN", "tab:blue"), ("GN", "tab:red")):
-    name = "BatchNorm" if kind == "BN" else f"GroupNorm (groups of {CHANNELS_PER_GROUP} channels)"
-    ax_error.plot(BATCH_SIZES, [100 * errors[kind, b] for b in BATCH_SIZES], "o-", color=colour,
-                  label=name)
-    ax_loss.plot(BATCH_SIZES, [train_losses[kind, b] for b in BATCH_SIZES], "o-", color=colour,
-                 label=name)
-ax_error.plot([32], [100 * control_error], "*", color="tab:red", ms=12,
-              label=f"GroupNorm, batch 32, {control_epochs} epochs")
+fig, (ax_error, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+for kind, colour, marker in (("BN", "tab:blue", "o"), ("GN", "tab:red", "s")):
+    name = "BatchNorm" if kind == "BN" else f"GroupNorm ({GROUPS} groups)"
+    for ax, table, scale in ((ax_error, errors, 100), (ax_loss, train_losses, 1)):
+        stats = np.array([over_seeds(table, kind, b) for b in BATCH_SIZES]) * scale
+        ax.errorbar(BATCH_SIZES, stats[:, 0], yerr=[stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]],
+                    fmt=marker + "-", color=colour, capsize=4,
+                    label=f"{name}: mean of {len(SEEDS)} seeds, bar = min to max")
 for ax in (ax_error, ax_loss):
     ax.set_xscale("log", base=2)
     ax.set_xticks(BATCH_SIZES)
     ax.set_xticklabels([str(b) for b in BATCH_SIZES])
-    ax.invert_xaxis()  # the paper's orientation: batch size shrinks to the right
-    ax.set_xlabel("batch size (images)")
+    ax.invert_xaxis()  # the paper's orientation: the batch shrinks to the right
+    ax.set_xlabel("batch size (images per step)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 ax_error.set_ylabel("test error (%)")
-ax_error.set_title(f"test error, {epochs} epoch(s) at every batch size", fontsize=10)
-ax_error.legend(fontsize=8)
-ax_loss.set_ylabel("mean training loss, last epoch")
-ax_loss.set_title("is the run finished? training loss", fontsize=10)
+ax_error.set_title(f"test error (BN with running statistics), {epochs} epochs,\n"
+                   f"lr = {BASE_LR} · batch / {REFERENCE_BATCH}", fontsize=10)
+ax_loss.set_ylabel("training loss, mean over the last epoch (nats)")
+ax_loss.set_title("training loss (BN with batch statistics): is a run finished?", fontsize=10)
 fig.tight_layout()
-save_figure(fig, "09_batch_size.png", __file__)
+save_figure(fig, "09_batch_size.png")
 
 # %% [markdown]
 # ### What the runs show
 #
-# Read the table and the figure with both columns in mind (the full run's numbers; the quick
-# run trains for one short epoch and shows nothing but that the code runs):
+# The full run's numbers (`python lessons/09_group_normalization.py`, 3 seeds; mean [min-max]):
 #
-# * **BatchNorm gets worse at small batches.** Its error at batch 2 is above its error at
-#   batches 8 and 16, although batch 2 took the most steps. That is the paper's observation:
-#   at batch 2 the last block's statistic comes from 18 values of 2 images, and the network
-#   trained on those noisy statistics is evaluated with the running averages.
-# * **GroupNorm does not get worse at small batches.** Nothing in it depends on the batch
-#   (section 3); its error at batch 2 is no higher than at batch 8.
-# * **But GroupNorm gets worse at *large* batches here, and that is a different effect.** With
-#   the epochs fixed, batch 32 takes only ~250 steps, and this GroupNorm network learns more
-#   slowly per step than the BatchNorm one: its training loss at batch 32 is the highest in
-#   the table, so it has simply not finished. The control run, four times the epochs at batch
-#   32, brings GroupNorm's error far down. The paper trains ImageNet for 100 epochs, long
-#   enough that no run is cut short; a miniature that has to finish in minutes is not, and
-#   hides that behind a fixed epoch count unless one looks at the training loss too.
+# | batch | BatchNorm error | GroupNorm error |
+# |---:|---:|---:|
+# | 2 | 71.1 % [68.6-76.0] | 6.3 % [3.1-11.3] |
+# | 4 | 2.0 % [1.6-2.3] | 4.9 % [3.4-7.2] |
+# | 8 | 0.7 % [0.5-0.9] | 9.5 % [5.0-13.3] |
+# | 16 | 0.8 % [0.7-1.0] | 10.3 % [6.0-14.8] |
+# | 32 | 0.7 % [0.3-1.2] | 14.4 % [10.3-16.5] |
 #
-# The checks below assert only what held in every full run we made.
+# * **BatchNorm collapses at batch 2.** Its error at batches 8 to 32 is under 1 %, 2 % at
+#   batch 4, and 71 % at batch 2, where its training loss (2.1 nats, chance is 2.3) shows it
+#   hardly learned at all: in the last block the batch-2 statistics turn every channel into
+#   ±1, and features learned that way are useless with the running averages at test.
+# * **GroupNorm does not depend on the batch** (section 3 shows it bit for bit). At batch 2 its
+#   error is 6 %, far below BatchNorm's 71 %: the paper's second claim.
+# * **But GroupNorm is not flat here: it gets worse at *large* batches**, and that is a
+#   different effect. With the epochs fixed, batch 32 takes only 186 steps, and this GroupNorm
+#   network does not take a rate large enough to make up for it (in our trial runs at batch
+#   32, a peak rate of 0.1 left it at 60 % error and 0.2 stalled it at chance, where BatchNorm
+#   trained fine). Its training loss is highest at batch 32 (right panel): those runs have
+#   not finished. The paper trains 100 epochs, enough for every run to converge; a miniature
+#   that must finish in minutes cannot. So the paper's first claim holds here only in the
+#   form the check states: GN's error moves over batch sizes 2 to 32 by 9.5 points, much
+#   less than BN's rises from batch 32 to batch 2 (70.4 points); "GN is flat" it is not.
+#
+# The quick run (`MINIDCN_QUICK=1`, 64 images, 2 epochs) is far too short for either claim and
+# does not test them; it checks only that the experiment runs and that training lowers the loss.
 
 # %%
+check(all(0.0 <= e <= 1.0 for e in errors.values()) and len(errors) == 2 * len(BATCH_SIZES) * len(SEEDS),
+      f"{len(errors)} runs, each with a test error in [0, 1]")
+check(np.mean(list(train_losses.values())) < np.mean(list(first_losses.values())),
+      "training lowered the loss: last-epoch mean below the first step's, averaged over runs")
 if quick():
-    print("quick run: the experiment's checks need the full run (python lessons/09_group_normalization.py)")
+    print("quick run: the paper's claims are NOT tested here (too little training to show them);"
+          " run the full lesson for them")
 else:
-    check(errors["BN", 2] > errors["BN", 8] and errors["BN", 2] > errors["BN", 16],
-          "BatchNorm's test error at batch 2 is higher than at batches 8 and 16")
-    check(errors["GN", 2] <= errors["GN", 8],
-          "GroupNorm's test error at batch 2 is no higher than at batch 8")
-    check(train_losses["GN", 32] > train_losses["GN", 2],
-          "GroupNorm at batch 32 ends with a higher training loss than at batch 2: unfinished")
-    check(control_error < errors["GN", 32],
-          f"with {control_epochs} epochs GroupNorm at batch 32 reaches a lower test error")
+    check(gn_spread < bn_rise,
+          f"GN's error varies over batch sizes 2..32 by {100 * gn_spread:.1f} points, less than "
+          f"BN's rises from batch 32 to batch 2 ({100 * bn_rise:.1f} points)")
+    check(mean_error["BN", 2] > mean_error["GN", 2],
+          f"at batch 2 BN is worse than GN ({100 * mean_error['BN', 2]:.1f} % against "
+          f"{100 * mean_error['GN', 2]:.1f} %)")
 
 # %%
 wall, cpu = time.perf_counter() - started_wall, time.process_time() - started_cpu

@@ -72,8 +72,6 @@ import math
 import re
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numba
 import numpy as np
@@ -211,8 +209,9 @@ def side_by_side(per_channel):
     return np.hstack([per_channel[0, 0].astype(float), gap, per_channel[0, 1].astype(float)])
 
 
-def draw_owner_map(ax, colour_by, labels, colours, title):
-    """Each output value coloured by ``colour_by`` and labelled with its thread number."""
+def draw_owner_map(ax, colour_by, labels, colours, title, key_name):
+    """Each output value coloured by ``colour_by`` and labelled with its thread number; a key
+    says which colour is which value of ``colour_by`` (``key_name`` 0, 1, ...)."""
     canvas = side_by_side(colour_by)
     ax.imshow(canvas, cmap=matplotlib.colors.ListedColormap(colours), vmin=-0.5,
               vmax=len(colours) - 0.5, interpolation="nearest")
@@ -226,15 +225,19 @@ def draw_owner_map(ax, colour_by, labels, colours, title):
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
+    used = np.unique(colour_by)
+    ax.legend(handles=[matplotlib.patches.Patch(color=colours[v], label=f"{key_name} {v}") for v in used],
+              loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(used), fontsize=8, frameon=False)
 
 
 draw_owner_map(top_left, block_of, thread_of, ["#fbb4ae", "#b3cde3", "#ccebc5"],
-               f"grid_for({n_map}) = {map_launch[0]} blocks × {map_launch[1]} threads\n"
-               "colour: block; number: thread in the block (one item each)")
+               f"y of shape {tuple(map_shape)}, one cell per value: grid_for({n_map}) = "
+               f"{map_launch[0]} blocks × {map_launch[1]} threads\n"
+               "colour: the block; number: the thread in its block (one value each)", "block")
 draw_owner_map(top_right, small_pass, small_block * small_launch[1] + small_thread,
                ["#fbb4ae", "#b3cde3", "#ccebc5", "#decbe4", "#fed9a6"],
-               "a small grid, 2 blocks × 32 threads: the grid-stride loop\n"
-               "colour: pass of the loop; number: thread (of 64)")
+               "the same y with a small grid, 2 blocks × 32 threads\n"
+               "colour: the pass of the grid-stride loop; number: the thread (of 64)", "pass")
 sizes = np.unique(np.logspace(0, 8, 400).astype(np.int64))
 grids = np.array([grid_for(int(n)) for n in sizes])
 threads_launched = grids[:, 0] * grids[:, 1]
@@ -244,15 +247,19 @@ bottom.loglog(sizes, sizes, ":", color="gray", label="n (one thread per item)")
 for n in sorted({n for _, _, n in resnet_stage5}):
     kernels_of_n = sorted({kernel for kernel, _, size in resnet_stage5 if size == n})
     passes = math.ceil(n / np.prod(grid_for(n)))
-    bottom.plot(n, passes, "o", color="tab:red")
+    bottom.plot(n, passes, "o", color="tab:red", label="passes of the kernels of one ResNet-50 stage-5 "
+                "DCN layer (n of each launch)" if n == min(size for _, _, size in resnet_stage5) else None)
     bottom.annotate(", ".join(kernels_of_n), (n, passes), fontsize=7, rotation=30, xytext=(3, 3),
                     textcoords="offset points")
-bottom.axvline(MAX_BLOCKS * THREADS_PER_BLOCK, color="gray", lw=0.8)
+bottom.axvline(MAX_BLOCKS * THREADS_PER_BLOCK, color="gray", lw=0.8,
+               label=f"n = {MAX_BLOCKS} blocks × {THREADS_PER_BLOCK} "
+                     f"= {MAX_BLOCKS * THREADS_PER_BLOCK:,}")
 bottom.set_xlabel("n, the items of one launch")
-bottom.set_title("grid_for(n): the grid grows with n up to 4096 blocks, then threads loop "
-                 "(red: passes of the kernels of a ResNet-50 stage-5 DCN layer)", fontsize=9)
-bottom.legend(fontsize=8)
-save_figure(fig, "10_thread_map.png", __file__)
+bottom.set_ylabel("threads launched, or passes\n(both log scale)")
+bottom.set_title("grid_for(n): the grid grows with n up to 4096 blocks of 128 threads, "
+                 "then each thread loops over several items", fontsize=9)
+bottom.legend(fontsize=8, loc="upper left")
+save_figure(fig, "10_thread_map.png")
 
 # %% [markdown]
 # ## 2. Why the backward pass needs atomics
@@ -377,19 +384,23 @@ print(f"busiest pixel: image {n_busy}, offset group {g_busy}, (y, x) = ({qy_busy
       f"{counts[busiest]} additions from {readers[busiest]} output pixels")
 check(len(touching) == counts[busiest], "each of those additions comes from its own sampling point")
 
-fig, (ax_count, ax_plain) = plt.subplots(1, 2, figsize=(12, 5.6))
+fig, (ax_count, ax_plain) = plt.subplots(1, 2, figsize=(12, 6.4), layout="constrained")
 shown = viz.show_image(ax_count, counts[n_busy, g_busy], cmap="magma", vmin=0, vmax=counts.max(),
-                       title=f"random offsets: additions per input pixel (image {n_busy}, offset "
-                             f"group {g_busy})\nthe {len(touching)} sampling points (of "
-                             f"{readers[busiest]} output pixels) that add into ({qy_busy}, {qx_busy})")
-fig.colorbar(shown, ax=ax_count, fraction=0.046)
-viz.draw_offsets(ax_count, centres_t, points_t - centres_t, color="tab:cyan", width=0.003, alpha=0.8)
+                       title=f"random offsets: colour = additions into each input pixel\n"
+                             f"({SIZE}×{SIZE} px plane: image {n_busy}, offset group {g_busy})")
+viz.draw_offsets(ax_count, centres_t, points_t - centres_t, color="tab:cyan", width=0.003, alpha=0.8,
+                 label=f"the {len(touching)} sampling points (of {readers[busiest]} output pixels) that "
+                       f"add into ({qy_busy}, {qx_busy}),\neach with an arrow from its window's centre")
 viz.draw_points(ax_count, points_t, color="tab:cyan", size=8)
-ax_count.plot(qx_busy, qy_busy, "s", mfc="none", mec="white", ms=13, mew=2)
+ax_count.plot(qx_busy, qy_busy, "s", mfc="none", mec="white", ms=13, mew=2,
+              label=f"the busiest pixel, ({qy_busy}, {qx_busy}): {counts[busiest]} additions")
+ax_count.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=8, facecolor="0.55")
 shown = viz.show_image(ax_plain, plain_counts[0, 0], cmap="magma", vmin=0, vmax=counts.max(),
-                       title="zero offsets (plain 3×3 grid): additions per input pixel")
-fig.colorbar(shown, ax=ax_plain, fraction=0.046)
-save_figure(fig, "10_atomic_collisions.png", __file__)
+                       title=f"zero offsets (a plain 3×3 grid): additions into each input pixel\n"
+                             f"(the same {SIZE}×{SIZE} px plane; at most {plain_counts.max()})")
+fig.colorbar(shown, ax=[ax_count, ax_plain], fraction=0.03,
+             label="additions into the pixel's gradient (count, same scale in both)")
+save_figure(fig, "10_atomic_collisions.png")
 
 # %% [markdown]
 # ## 3. Atomics fix the race, not the order
@@ -508,20 +519,22 @@ check(spread < 1e-5, "the changes stay at float32 round-off")
 fig, (ax_hist, ax_orders) = plt.subplots(1, 2, figsize=(12, 4.2))
 bins = np.arange(np.floor(off_by.min()) - 0.5, np.ceil(off_by.max()) + 1.5)
 ax_hist.hist(off_by, bins=bins, color="tab:blue")
-ax_hist.axvline(0, color="black", lw=1)
-ax_hist.set_xlabel("float32 sum minus exact sum (ulp)")
-ax_hist.set_ylabel("orders")
+ax_hist.axvline(0, color="black", lw=1, label="the exact sum (math.fsum)")
+ax_hist.legend(fontsize=8)
+ax_hist.set_xlabel("float32 sum minus exact sum (ulp: the float32 spacing at the sum)")
+ax_hist.set_ylabel(f"random orders (of {shuffles})")
 ax_hist.set_title(f"{into_busy.size} additions into one pixel of grad_x, summed in {shuffles} "
                   "random orders", fontsize=9)
 between = (emulated[1][n_busy, channel_busy].astype(np.float64) - emulated[0][n_busy, channel_busy])
 between *= 1e7 / scale_of_grad
 shown = viz.show_image(ax_orders, between, cmap="coolwarm", vmin=-np.abs(between).max(),
                        vmax=np.abs(between).max(),
-                       title=f"grad_x[{n_busy}, {channel_busy}] from two random orders of the "
-                             "atomic additions:\ndifference / max |grad_x|, in units of 1e-7 "
-                             f"({100 * np.mean(between != 0):.0f}% of the entries differ)")
-fig.colorbar(shown, ax=ax_orders, fraction=0.046)
-save_figure(fig, "10_summation_order.png", __file__)
+                       title=f"grad_x[{n_busy}, {channel_busy}] ({SIZE}×{SIZE} px) from two random "
+                             "orders of the atomic additions:\ntheir difference per pixel "
+                             f"({100 * np.mean(between != 0):.0f}% of the pixels differ; grey: equal)")
+fig.colorbar(shown, ax=ax_orders, fraction=0.046,
+             label="difference / max |grad_x|, in units of 1e-7")
+save_figure(fig, "10_summation_order.png")
 
 # %% [markdown]
 # ## 4. The CPU backend is deterministic by construction
@@ -702,19 +715,28 @@ check(spread_x <= 1e-5 * np.abs(runs32[0]["grad x"]).max(),
       "grad x (atomics) agrees between runs to float32 round-off at least")
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 3.8))
-labels = [f"{quantity}\n({name.split(',')[0]})" for name, quantity in agreement]
+fig, ax = plt.subplots(figsize=(10, 4.4))
 errors = np.array(list(agreement.values()))
-ax.bar(range(len(errors)), np.maximum(errors, 1e-18), color="tab:green")
+compared = list(dict.fromkeys(name for name, _ in agreement))  # the problems, in order
+problem_colours = dict(zip(compared, ("tab:green", "tab:blue", "tab:purple", "tab:brown")))
+exact = errors == 0
+for name in compared:
+    bars = [i for i, (problem, _) in enumerate(agreement) if problem == name]
+    ax.bar(bars, np.where(exact[bars], 1e-18, errors[bars]), color=problem_colours[name],
+           hatch=["//" if e else "" for e in exact[bars]], label=name)
 ax.axhline(1e-10, color="tab:red", lw=1, label="the 1e-10 the lesson requires")
 ax.axhline(np.finfo(np.float64).eps, color="gray", lw=1, ls=":", label="float64 epsilon")
 ax.set_yscale("log")
-ax.set_xticks(range(len(errors)), labels, fontsize=6, rotation=90)
-ax.set_ylabel("max |cuda - cpu|")
+ax.set_xticks(range(len(errors)), [quantity for _, quantity in agreement], fontsize=8, rotation=60,
+              ha="right")
+ax.set_xlabel("output or gradient compared" + (" (hatched: no difference at all, drawn at 1e-18)"
+                                               if exact.any() else ""))
+ax.set_ylabel("largest |cuda - cpu| over its\nentries (absolute, log scale)")
 ax.set_title("the cuda backend" + (" (simulated)" if SIMULATED else " (GPU)")
              + " against the numba CPU backend, float64", fontsize=9)
-ax.legend(fontsize=8)
-save_figure(fig, "10_cuda_agreement.png", __file__)
+ax.legend(fontsize=8, loc="center right", title="bar colour: the problem compared (batch × in → out "
+          "channels, input size)", title_fontsize=8)
+save_figure(fig, "10_cuda_agreement.png")
 
 # %% [markdown]
 # ## What to take away

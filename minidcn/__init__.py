@@ -11,11 +11,11 @@ from .backends import backend, get_backend, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
-from .tensor import Tensor
+from .tensor import Tensor, from_dlpack
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Tensor", "no_grad", "is_grad_enabled", "backend", "get_backend", "set_backend",
+    "Tensor", "from_dlpack", "no_grad", "is_grad_enabled", "backend", "get_backend", "set_backend",
     "gradcheck", "GradcheckError", "manual_seed", "functional", "nn", "optim",
 ]

@@ -56,19 +56,26 @@ class Function:
         out = Tensor._from_array(cls.forward(ctx, *raw, **params))
         if track:
             out.requires_grad = True
-            out._node = Node(cls, ctx, args)
+            out._node = Node(cls, ctx, args, params)
         return out
 
 
 class Node:
-    """A recorded application of a Function: the edge list of the autograd graph."""
+    """A recorded application of a Function: the edge list of the autograd graph.
 
-    __slots__ = ("fn", "ctx", "inputs")
+    ``inputs`` are the positional arguments (Tensors, or None where an optional one was
+    left out) and ``params`` the keyword arguments (stride, padding, axes, ...), as given to
+    ``apply``: with both, the graph is a full trace of the forward pass
+    (:func:`minidcn.onnx.export` reads it).
+    """
 
-    def __init__(self, fn, ctx, inputs):
+    __slots__ = ("fn", "ctx", "inputs", "params")
+
+    def __init__(self, fn, ctx, inputs, params=None):
         self.fn = fn
         self.ctx = ctx
         self.inputs = inputs
+        self.params = {} if params is None else params
 
     def parents(self):
         from .tensor import Tensor

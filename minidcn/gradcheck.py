@@ -23,10 +23,16 @@ Use it on your own ops::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
+from .functional._validate import check_float, check_int
 from .grad_mode import no_grad
 from .tensor import Tensor
+
+
+MAX_DIRECTIONS = 2**16  # random directions per input: more is a mistake, not a stricter check
 
 
 class GradcheckError(AssertionError):
@@ -41,25 +47,54 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
         fn: called as ``fn(*inputs)``; returns a Tensor or a tuple of Tensors.
         inputs: a sequence of arguments.  Tensors with ``requires_grad=True`` are checked
             and must be float64; anything else is passed through unchanged.
-        eps: the finite-difference step.
-        atol, rtol: the tolerance, ``|analytic - numeric| <= atol + rtol * |numeric|``.
-        max_entries: inputs with more elements are checked along random directions.
-        directions: how many random directions for those large inputs.
-        seed: seeds the output projection and the directions (the check is repeatable).
+        eps: the finite-difference step, finite and > 0.
+        atol, rtol: the tolerance, ``|analytic - numeric| <= atol + rtol * |numeric|``,
+            finite and >= 0.
+        max_entries: int >= 0; inputs with more elements are checked along random
+            directions.
+        directions: int in [0, 2**16], how many random directions for those large inputs
+            (>= 1 if there is one).
+        seed: int >= 0, seeds the output projection and the directions (the check is
+            repeatable).
         names: optional names for the inputs, used in the failure report.
 
     Raises:
         GradcheckError: with the input, the worst index, the analytic and numeric values.
-        TypeError: if a checked input is not float64, or ``fn`` returns no Tensor.
+        TypeError: if a checked input is not float64, ``fn`` returns no Tensor, or an
+            argument has the wrong type.
+        ValueError: for arguments that would divide by zero or check nothing: eps must be
+            finite and > 0, atol and rtol finite and >= 0, max_entries >= 0, directions in
+            [0, 2**16], some input must be a Tensor with requires_grad=True and at least
+            one element, and an input larger than ``max_entries`` needs ``directions >= 1``.
     """
-    inputs = list(inputs)
-    names = list(names) if names is not None else [f"input {i}" for i in range(len(inputs))]
+    inputs, names = _arguments(fn, inputs, names)
+    eps = check_float("gradcheck", "eps", eps)
+    if eps <= 0.0:
+        raise ValueError(f"gradcheck: eps must be finite and > 0 (the differences divide by "
+                         f"2 eps), got {eps}")
+    atol = check_float("gradcheck", "atol", atol, 0.0)
+    rtol = check_float("gradcheck", "rtol", rtol, 0.0)
+    max_entries = check_int("gradcheck", "max_entries", max_entries, 0)
+    directions = check_int("gradcheck", "directions", directions, 0)
+    if directions > MAX_DIRECTIONS:
+        raise ValueError(f"gradcheck: directions must be <= {MAX_DIRECTIONS} (each costs two "
+                         f"calls of fn), got {directions}")
+    seed = check_int("gradcheck", "seed", seed, 0)
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input is a Tensor with requires_grad=True")
     for i in checked:
         if inputs[i].dtype != np.float64:
             raise TypeError(f"gradcheck: {names[i]} must be float64, got {inputs[i].dtype}")
+        size = inputs[i].numel()
+        if size > max_entries and directions == 0:
+            raise ValueError(
+                f"gradcheck: {names[i]} has {size} elements, more than max_entries="
+                f"{max_entries}, so it is checked along random directions, but directions=0 "
+                f"would check none; give directions >= 1 or max_entries >= {size}")
+    if all(inputs[i].numel() == 0 for i in checked):
+        raise ValueError("gradcheck: every input with requires_grad=True is empty (0 elements), "
+                         "so there is nothing to check")
     rng = np.random.default_rng(seed)
 
     outputs = _as_outputs(fn(*inputs))
@@ -96,13 +131,35 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, *, max_entries=2048,
         if base.size <= max_entries:
             num, ana, where = _entrywise(shifted, base, eps), analytic[i], "index"
         else:
-            vs = rng.standard_normal((directions,) + base.shape)
-            vs /= np.sqrt((vs**2).sum(axis=tuple(range(1, vs.ndim)), keepdims=True))
-            num = np.array([(shifted(eps * v) - shifted(-eps * v)) / (2 * eps) for v in vs])
-            ana = np.array([np.sum(analytic[i] * v) for v in vs])
-            where = "random direction"
+            num, ana = [], []
+            for _ in range(directions):  # one at a time: memory stays one input's size
+                v = rng.standard_normal(base.shape)
+                v /= np.sqrt(np.sum(v**2))
+                num.append((shifted(eps * v) - shifted(-eps * v)) / (2 * eps))
+                ana.append(np.sum(analytic[i] * v))
+            num, ana, where = np.array(num), np.array(ana), "random direction"
         _compare(names[i], inputs[i].shape, where, ana, num, atol, rtol)
     return True
+
+
+def _arguments(fn, inputs, names) -> tuple[list, list[str]]:
+    """``inputs`` as a list and one name per input; TypeError or ValueError otherwise."""
+    if not callable(fn):
+        raise TypeError(f"gradcheck: fn must be callable, got {type(fn).__name__}")
+    if isinstance(inputs, (Tensor, str, bytes)) or not isinstance(inputs, Iterable):
+        raise TypeError(f"gradcheck: inputs must be a sequence of fn's arguments, got "
+                        f"{type(inputs).__name__}; wrap a single Tensor in a list")
+    inputs = list(inputs)
+    if names is None:
+        return inputs, [f"input {i}" for i in range(len(inputs))]
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(f"gradcheck: names must be a sequence of str, got "
+                        f"{type(names).__name__}")
+    names = list(names)
+    if len(names) != len(inputs):
+        raise ValueError(f"gradcheck: names must give one name per input, got {len(names)} "
+                         f"names for {len(inputs)} inputs")
+    return inputs, [str(n) for n in names]
 
 
 def _as_outputs(out):

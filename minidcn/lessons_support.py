@@ -1,13 +1,17 @@
-"""What the lessons share: where they are, the quick flag, the figures folder, ``check``.
+"""What the lessons share: where they are, the quick flag, the output folder, figures, ``check``.
 
-A lesson is a script in ``lessons/`` (shipped inside the package as ``minidcn.lessons``).
-``minidcn lesson N`` runs it in a fresh Python process with two environment variables:
+A lesson is a script in ``lessons/`` (shipped inside the package as ``minidcn.lessons``),
+written in jupytext's percent format, so it runs the same three ways: ``minidcn lesson N``
+(a fresh Python process), ``python lessons/NN_name.py``, or opened as a Jupyter notebook.
+Two environment variables steer it:
 
 * ``MINIDCN_QUICK=1`` shrinks data and epochs (``--quick``);
-* ``MINIDCN_FIGURES=DIR`` is where its figures go (``--out DIR``).
+* ``MINIDCN_FIGURES=DIR`` is where its figures (and anything it keeps) go (``--out DIR``).
 
-Run by hand (``python lessons/01_autograd.py``), a lesson writes to the repository's
-``figures/`` when it sits in a checkout, or to ``./figures`` otherwise.
+Without ``MINIDCN_FIGURES`` a run writes to a scratch folder, ``<tmp>/minidcn/quick`` or
+``<tmp>/minidcn/full`` (:func:`default_output_dir`), never into the checkout: the committed
+``figures/`` change only when named, ``minidcn tour --out figures``.  In a script a saved
+figure is closed; in a notebook it is also shown inline.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import minidcn
 
-__all__ = ["lessons_dir", "lesson_files", "lesson_summary", "default_figures_dir", "quick",
-           "figures_dir", "save_figure", "check"]
+__all__ = ["lessons_dir", "lesson_files", "lesson_summary", "default_output_dir", "quick",
+           "prepare_output_dir", "figures_dir", "save_figure", "save_gif", "check"]
 
 # Thread settings a lesson process starts with (unless the user set them).  numba's OpenMP
 # workers and OpenBLAS's threads both busy-wait after a parallel region; on two cores each
@@ -28,6 +34,10 @@ __all__ = ["lessons_dir", "lesson_files", "lesson_summary", "default_figures_dir
 # 5-8 ms.  Both must be set before NumPy and numba load, so ``minidcn lesson`` sets them in
 # the lesson's environment.
 THREAD_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
+
+# What a quick run's figure says in its title, so it is never mistaken for the lesson's result.
+QUICK_TITLE = "quick run"
+QUICK_NOTE = "MINIDCN_QUICK=1: less data, fewer epochs"
 
 LESSON_NAME = re.compile(r"^(\d\d)_\w+\.py$")
 LEADING_NUMBER = re.compile(r"^(lesson\s*)?\d+\s*[.:-]?\s*", re.IGNORECASE)
@@ -71,16 +81,13 @@ def lesson_summary(path: Path) -> str:
     return "(no summary: the lesson has no markdown cell)"
 
 
-def default_figures_dir(lesson_file=None) -> Path:
-    """``figures/`` of the checkout, else ``./figures``.
+def default_output_dir(quick_run: bool) -> Path:
+    """The scratch folder a run writes to when no folder is named: ``<tmp>/minidcn/quick``
+    for a quick run, ``<tmp>/minidcn/full`` otherwise (``<tmp>`` is ``tempfile.gettempdir()``).
 
-    The checkout is found from the lesson file when given, else from the ``minidcn``
-    package itself, so a lesson opened as a notebook (where ``__file__`` does not exist)
-    writes to the same place as the script.
+    Never the checkout's ``figures/``: those are regenerated only when asked for by name.
     """
-    anchor = Path(lesson_file) if lesson_file is not None else Path(minidcn.__file__).parent
-    repo_figures = anchor.resolve().parent.parent / "figures"
-    return repo_figures if repo_figures.is_dir() else Path.cwd() / "figures"
+    return Path(tempfile.gettempdir()) / "minidcn" / ("quick" if quick_run else "full")
 
 
 def quick() -> bool:
@@ -88,23 +95,93 @@ def quick() -> bool:
     return os.environ.get("MINIDCN_QUICK", "0") not in ("", "0")
 
 
-def figures_dir(lesson_file=None) -> Path:
-    """Where lessons write figures (``MINIDCN_FIGURES`` if set); created if needed."""
-    given = os.environ.get("MINIDCN_FIGURES")
-    folder = Path(given) if given else default_figures_dir(lesson_file)
-    folder.mkdir(parents=True, exist_ok=True)
+def prepare_output_dir(folder) -> Path:
+    """Create ``folder`` if missing and make sure a file can be written in it; return it.
+
+    Raises OSError (naming the folder) when it cannot be created or written to, so a run can
+    refuse a bad folder before it computes anything.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to the folder {str(folder)!r}: {error}") from error
     return folder
 
 
-def save_figure(fig, name: str, lesson_file=None) -> Path:
-    """Save a matplotlib figure as ``name`` in the figures folder, close it, print the path."""
+def figures_dir() -> Path:
+    """Where this run writes its figures and anything it keeps: ``MINIDCN_FIGURES`` if set
+    (a relative path is taken from the current folder), else :func:`default_output_dir`.
+    Created if needed."""
+    given = os.environ.get("MINIDCN_FIGURES")
+    return prepare_output_dir(Path(given) if given else default_output_dir(quick()))
+
+
+def _in_notebook() -> bool:
+    """True under a Jupyter (IPython kernel) shell, where output can show images."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _show_file(path: Path) -> None:
+    """In a notebook, show the written image (PNG or GIF) inline, exactly as saved."""
+    if _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(path)))
+
+
+def _mark_quick_run(fig, room_above: bool) -> None:
+    """Say "quick run" in the title of a figure drawn by a quick run (``MINIDCN_QUICK=1``).
+
+    A suptitle gets the words in front; a figure without one gets a suptitle: above the
+    figure's top edge when the image is cropped to its contents (``room_above``), so it
+    cannot cover a panel, else at the top of the canvas.
+    """
+    if not quick():
+        return
+    title = fig._suptitle  # matplotlib keeps the suptitle here; None when there is none
+    if title is not None and title.get_text():
+        title.set_text(f"{QUICK_TITLE}: {title.get_text()}")
+    elif room_above:
+        fig.suptitle(f"{QUICK_TITLE} ({QUICK_NOTE})", y=1.0, va="bottom")
+    else:
+        fig.suptitle(f"{QUICK_TITLE} ({QUICK_NOTE})")
+
+
+def save_figure(fig, name: str) -> None:
+    """Save a matplotlib figure as ``name`` in :func:`figures_dir`, print the path, then show
+    it inline under Jupyter, and close it.  A quick run's figure says so in its title.
+
+    Returns None, so that a notebook cell ending in ``save_figure(...)`` shows the figure and
+    no ``Out[...]`` line; the file is ``figures_dir() / name``."""
     import matplotlib.pyplot as plt
 
-    path = figures_dir(lesson_file) / name
+    _mark_quick_run(fig, room_above=True)
+    path = figures_dir() / name
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
-    return path
+    _show_file(path)
+
+
+def save_gif(figures, name: str, fps: float = 4.0) -> None:
+    """Write matplotlib figures (any iterable, taken one at a time) as the frames of the GIF
+    ``name`` in :func:`figures_dir`, closing each; under Jupyter, show the GIF inline.  A quick
+    run's frames say so in their title.  Returns None, as :func:`save_figure` does."""
+    from . import viz
+
+    def frames():
+        for fig in figures:
+            _mark_quick_run(fig, room_above=False)
+            yield viz.figure_to_array(fig)
+
+    path = figures_dir() / name
+    viz.save_gif(list(frames()), path, fps=fps)
+    _show_file(path)
 
 
 def check(condition, message: str) -> None:

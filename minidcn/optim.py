@@ -30,16 +30,17 @@ __all__ = ["Optimizer", "SGD", "Adam", "param_groups"]
 
 
 def _real(owner: str, name: str, value, low: float, high: float | None = None,
-          high_open: bool = False) -> float:
-    """``value`` as a float in [low, high] (or [low, high) when ``high_open``)."""
+          high_open: bool = False, low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high]; ``low_open`` / ``high_open`` exclude an end."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__} "
                         f"{value!r}")
     value = float(value)
+    below = value <= low if low_open else value < low
     above = high is not None and (value >= high if high_open else value > high)
-    if not math.isfinite(value) or value < low or above:
-        wanted = (f"in [{low}, {high}{')' if high_open else ']'}" if high is not None
-                  else f"a finite number >= {low}")
+    if not math.isfinite(value) or below or above:
+        wanted = (f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                  if high is not None else f"a finite number {'>' if low_open else '>='} {low}")
         raise ValueError(f"{owner}: {name} must be {wanted}, got {value}")
     return value
 
@@ -63,9 +64,14 @@ class Optimizer:
                 f"{name}: params must be an iterable of Tensors or of dicts, got a single "
                 f"{type(params).__name__}; wrap it in a list"
             )
-        groups = list(params)
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(f"{name}: params must be an iterable of Tensors or of dicts, got "
+                            f"{type(params).__name__}") from None
         if not groups:
-            raise ValueError(f"{name}: got an empty parameter list")
+            raise ValueError(f"{name}: params must hold at least one Tensor or group, got an "
+                             "empty parameter list")
         if not all(isinstance(g, dict) for g in groups):
             groups = [{"params": groups}]
         for group in groups:
@@ -86,7 +92,8 @@ class Optimizer:
         params = group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         if not params:
-            raise ValueError(f"{name}: a parameter group got an empty parameter list")
+            raise ValueError(f"{name}: a parameter group's params must hold at least one "
+                             "Tensor, got an empty parameter list")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):
@@ -109,20 +116,37 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that received a gradient since the last ``zero_grad()``."""
+        """Update every parameter that received a gradient since the last ``zero_grad()``.
+
+        The hyperparameters are checked again first: a schedule (or a caller) may have
+        changed ``group["lr"]`` and the rest since the optimiser was built.
+        """
+        name = type(self).__name__
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
+            self._check_group(group)
+        pending = [(p, group) for group in self.param_groups for p in group["params"]
+                   if p.grad is not None]
+        for p, _ in pending:  # everything is checked before any parameter changes
+            if p.grad.shape != p.shape or p.grad.device != p.device:
+                raise ValueError(
+                    f"{name}.step: a gradient of shape {p.grad.shape} on "
+                    f"{p.grad.device} does not fit its parameter {p.shape} on {p.device}"
+                )
+            for key, value in self.state.get(p, {}).items():
+                if isinstance(value, numbers.Number):  # a step count
                     continue
-                if p.grad.shape != p.shape or p.grad.device != p.device:
+                where = "cpu" if isinstance(value, np.ndarray) else "cuda"
+                if tuple(np.shape(value)) != p.shape or where != p.device:
                     raise ValueError(
-                        f"{type(self).__name__}.step: a gradient of shape {p.grad.shape} on "
-                        f"{p.grad.device} does not fit its parameter {p.shape} on {p.device}"
+                        f"{name}.step: the state {key!r} of shape {tuple(np.shape(value))} on "
+                        f"{where} does not fit its parameter {p.shape} on {p.device} (the "
+                        "parameter was reshaped or moved after a step; build a new optimiser)"
                     )
-                state = self.state.setdefault(p, {})
-                updated = self._update(p.data, p.grad.data, state, group)
-                # a float64 hyperparameter (lr = np.float64(...)) must not promote the parameter
-                p.data = updated if updated.dtype == p.dtype else updated.astype(p.dtype)
+        for p, group in pending:
+            state = self.state.setdefault(p, {})
+            updated = self._update(p.data, p.grad.data, state, group)
+            # a float64 hyperparameter (lr = np.float64(...)) must not promote the parameter
+            p.data = updated if updated.dtype == p.dtype else updated.astype(p.dtype)
 
     def _check_group(self, group: dict) -> None:  # pragma: no cover - documented interface
         raise NotImplementedError
@@ -141,6 +165,9 @@ class SGD(Optimizer):
         b ← μ b + (1 - τ) g            afterwards
         g ← g + μ b  (Nesterov)   or   g ← b
         p ← p - lr g
+
+    Ranges (as torch checks them): lr >= 0, momentum >= 0, weight_decay >= 0; dampening
+    in [0, 1] (torch does not check it); Nesterov needs momentum > 0 and dampening = 0.
     """
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -185,14 +212,19 @@ class Adam(Optimizer):
         p ← p - (lr / (1 - β1^t)) · m / (√v / √(1 - β2^t) + eps)
 
     m and v start at zero, on the parameter's device.
+
+    Ranges (torch's, except eps): lr >= 0, betas each in [0, 1), weight_decay >= 0, and
+    eps > 0: torch also accepts eps = 0, which turns a parameter whose gradient is zero
+    into NaN (0 / 0).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     def _check_group(self, group):
-        for key in ("lr", "eps", "weight_decay"):
+        for key in ("lr", "weight_decay"):
             group[key] = _real("Adam", key, group[key], 0.0)
+        group["eps"] = _real("Adam", "eps", group["eps"], 0.0, low_open=True)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")

@@ -10,8 +10,9 @@ Boxes are ``[x1, y1, x2, y2]`` in RoI coordinates, where pixel column j spans [j
 (``roi_align(aligned=True)`` and ``deform_roi_pool``): they are drawn shifted by -0.5 so
 that they sit on the pixels they cover.
 
-Nothing here picks a matplotlib backend; the lessons select Agg before importing pyplot.
-Save figures with :func:`minidcn.lessons_support.save_figure`.
+Nothing here picks a matplotlib backend: a script falls back to Agg by itself where there is no
+display, and a notebook uses its inline backend.
+Save figures with :func:`minidcn.lessons_support.save_figure` (GIFs with ``save_gif``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ import configparser
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,48 @@ def test_lesson_runs_and_writes_its_figure(tmp_path, capsys):
     assert cli.main(["lesson", "1", "--quick", "--out", str(out_dir)]) == 0
     figure = out_dir / "01_autograd.png"
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figures and files go to {out_dir.resolve()}" in capsys.readouterr().out
+
+
+def test_without_out_a_run_writes_to_the_scratch_folder_not_the_checkout(tmp_path):
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    (folder / "01_env.py").write_text(
+        "import os\nprint('figures', os.environ['MINIDCN_FIGURES'])\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"),
+               PYTHONPATH=str(Path(minidcn.__file__).parent.parent))
+    env.pop("MINIDCN_FIGURES", None)
+    (tmp_path / "tmp").mkdir()
+    for args, scratch in ((["tour", "--quick"], "quick"), (["lesson", "1"], "full")):
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from minidcn import cli, lessons_support as s; "
+             f"s.lessons_dir = lambda: __import__('pathlib').Path({str(folder)!r}); "
+             f"sys.exit(cli.main({args!r}))"],
+            capture_output=True, text=True, cwd=REPO, env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        expected = (tmp_path / "tmp" / "minidcn" / scratch).resolve()
+        assert f"go to {expected}\n" in result.stdout
+        assert f"figures {expected}\n" in result.stdout
+        assert expected.is_dir()
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    bad = blocker / "figures"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lesson", "3", "--out", str(bad)])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("usage: minidcn lesson")
+    assert f"error: --out: cannot write to the folder '{bad}'" in captured.err
+    assert "== lesson" not in captured.out  # refused before the lesson started
+    monkeypatch.setenv("MINIDCN_FIGURES", str(bad))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tour", "--quick"])
+    assert info.value.code == 2
+    assert f"error: MINIDCN_FIGURES: cannot write to the folder '{bad}'" in capsys.readouterr().err
 
 
 def test_a_lesson_that_does_not_exist_is_an_error(capsys):
@@ -84,11 +127,48 @@ def test_summary_reading(tmp_path):
     assert "no summary" in lessons_support.lesson_summary(lesson)
 
 
-def test_default_figures_dir_is_the_checkouts_or_the_current_one(tmp_path, monkeypatch):
-    assert lessons_support.default_figures_dir(REPO / "lessons" / "01_autograd.py") == REPO / "figures"
-    monkeypatch.chdir(tmp_path)
-    elsewhere = tmp_path / "site" / "minidcn" / "lessons" / "01_autograd.py"
-    assert lessons_support.default_figures_dir(elsewhere) == tmp_path / "figures"
+def test_the_output_folder_is_minidcn_figures_else_a_scratch_folder(tmp_path, monkeypatch):
+    scratch = Path(tempfile.gettempdir()) / "minidcn"
+    assert lessons_support.default_output_dir(True) == scratch / "quick"
+    assert lessons_support.default_output_dir(False) == scratch / "full"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("MINIDCN_FIGURES", raising=False)
+    monkeypatch.setenv("MINIDCN_QUICK", "1")
+    assert lessons_support.figures_dir() == tmp_path / "minidcn" / "quick"
+    assert (tmp_path / "minidcn" / "quick").is_dir()
+    monkeypatch.setenv("MINIDCN_FIGURES", str(tmp_path / "mine"))
+    assert lessons_support.figures_dir() == tmp_path / "mine"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="cannot write to the folder"):
+        lessons_support.prepare_output_dir(tmp_path / "file" / "sub")
+
+
+@pytest.mark.parametrize("quick_run", [True, False])
+def test_save_figure_writes_closes_and_marks_a_quick_run(tmp_path, monkeypatch, capsys, quick_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("MINIDCN_FIGURES", str(tmp_path))
+    monkeypatch.setenv("MINIDCN_QUICK", "1" if quick_run else "0")
+    titled, untitled = plt.figure(), plt.figure()
+    titled.suptitle("the title")
+    for fig, name in ((titled, "01_a.png"), (untitled, "01_b.png")):
+        assert lessons_support.save_figure(fig, name) is None
+        path = tmp_path / name
+        assert path.read_bytes()[:4] == b"\x89PNG"
+        assert not plt.fignum_exists(fig.number)
+        assert f"wrote {path}" in capsys.readouterr().out
+    if quick_run:
+        assert titled._suptitle.get_text() == "quick run: the title"
+        assert untitled._suptitle.get_text().startswith("quick run (MINIDCN_QUICK=1")
+    else:
+        assert titled._suptitle.get_text() == "the title" and untitled._suptitle is None
+    frames = [plt.figure() for _ in range(2)]
+    lessons_support.save_gif(iter(frames), "01_c.gif", fps=2)
+    assert (tmp_path / "01_c.gif").read_bytes()[:4] == b"GIF8"
+    assert not any(plt.fignum_exists(fig.number) for fig in frames)
 
 
 def test_quick_flag(monkeypatch):
@@ -119,6 +199,37 @@ def test_bench_is_handed_to_the_benchmark_parser(capsys):
         cli.main(["bench", "no-such-section"])
     assert info.value.code == 2
     assert "unknown section(s) ['no-such-section']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repeat", ["0", "-1", "two"])
+def test_bench_repeat_below_one_is_a_usage_error(capsys, repeat):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "conv2d", "--repeat", repeat])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: minidcn bench")
+    assert f"argument --repeat: expected a whole number of at least 1, got {repeat}" in err.replace("'", "")
+
+
+def test_bench_help_names_the_command_it_was_run_as(capsys):
+    from minidcn.bench.__main__ import main as bench_main
+
+    for run, prog in ((lambda: cli.main(["bench", "--help"]), "minidcn bench"),
+                      (lambda: bench_main(["--help"]), "python -m minidcn.bench")):
+        with pytest.raises(SystemExit) as info:
+            run()
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: {prog} ") and "``" not in out
+
+
+def test_best_time_refuses_a_repeat_below_one():
+    from minidcn.bench.timing import best_time
+
+    with pytest.raises(ValueError, match="repeat must be an int of at least 1, got 0"):
+        best_time(lambda: None, repeat=0)
+    with pytest.raises(ValueError, match="warmup must be an int of at least 0, got -1"):
+        best_time(lambda: None, warmup=-1)
 
 
 def test_setup_cfg_lists_every_package_and_maps_the_lessons():

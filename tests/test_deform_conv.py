@@ -374,7 +374,8 @@ BAD_ARGUMENTS = [
     (dict(offset=np.full((2, 36, 5, 5), "x")), TypeError, "deform_conv2d: offset .*numeric"),
     (dict(weight="weights"), TypeError,
      "deform_conv2d: weight must be a Tensor or array-like, got str"),
-    (dict(input=np.zeros((0, 4, 5, 5))), ValueError, "input must have no zero-sized axis"),
+    (dict(input=np.zeros((2, 4, 0, 5))), ValueError,
+     "input may have an empty batch .axis 0. but no other zero-sized axis"),
     (dict(weight=np.zeros((6, 2, 0, 3))), ValueError, "weight must have no zero-sized axis"),
 ]
 

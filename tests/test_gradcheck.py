@@ -148,3 +148,48 @@ def test_input_errors():
         minidcn.gradcheck(lambda x: x, [Tensor([1.0], requires_grad=True)])
     with pytest.raises(TypeError, match="fn must return a Tensor"):
         minidcn.gradcheck(lambda x: 1.0, [leaf((2,))])
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(eps=0), ValueError,
+     "gradcheck: eps must be finite and > 0 (the differences divide by 2 eps), got 0.0"),
+    (dict(eps=-1e-6), ValueError,
+     "gradcheck: eps must be finite and > 0 (the differences divide by 2 eps), got -1e-06"),
+    (dict(eps=float("nan")), ValueError, "gradcheck: eps must be finite, got nan"),
+    (dict(eps="small"), TypeError, "gradcheck: eps must be a real number, got str"),
+    (dict(atol=-1.0), ValueError, "gradcheck: atol must be finite and >= 0.0, got -1.0"),
+    (dict(rtol=float("inf")), ValueError, "gradcheck: rtol must be finite and >= 0.0, got inf"),
+    (dict(max_entries=-1), ValueError, "gradcheck: max_entries must be >= 0, got -1"),
+    (dict(max_entries=2.5), TypeError, "gradcheck: max_entries must be an int, got float 2.5"),
+    (dict(directions=-1), ValueError, "gradcheck: directions must be >= 0, got -1"),
+    (dict(directions=2**40, max_entries=0), ValueError,
+     "gradcheck: directions must be <= 65536 (each costs two calls of fn), got 1099511627776"),
+    (dict(max_entries=0, directions=0), ValueError,
+     "gradcheck: input 0 has 6 elements, more than max_entries=0, so it is checked along "
+     "random directions, but directions=0 would check none; give directions >= 1 or "
+     "max_entries >= 6"),
+    (dict(seed=-1), ValueError, "gradcheck: seed must be >= 0, got -1"),
+    (dict(seed="0"), TypeError, "gradcheck: seed must be an int, got str '0'"),
+    (dict(names=["u", "v"]), ValueError, "gradcheck: names must give one name per input, got 2 "
+     "names for 1 inputs"),
+    (dict(names="u"), TypeError, "gradcheck: names must be a sequence of str, got str"),
+])
+def test_argument_errors(kwargs, error, message):
+    x = leaf((2, 3))
+    with pytest.raises(error) as info:
+        minidcn.gradcheck(lambda t: t * t, [x], **kwargs)
+    assert str(info.value) == message
+
+
+def test_directions_zero_is_fine_when_every_input_is_checked_entry_by_entry():
+    assert minidcn.gradcheck(lambda t: t * t, [leaf((2, 3))], directions=0)
+
+
+def test_calls_that_would_check_nothing_are_refused():
+    with pytest.raises(ValueError, match="every input with requires_grad=True is empty"):
+        minidcn.gradcheck(lambda t: t * t, [leaf((0, 3))])
+    with pytest.raises(TypeError, match="gradcheck: inputs must be a sequence of fn's arguments, "
+                                        "got Tensor; wrap a single Tensor in a list"):
+        minidcn.gradcheck(lambda t: t * t, leaf((2, 3)))
+    with pytest.raises(TypeError, match="gradcheck: fn must be callable, got Tensor"):
+        minidcn.gradcheck(leaf((2,)), [leaf((2,))])

@@ -204,3 +204,141 @@ def test_module_to_double_changes_parameters_in_place():
     assert [id(p) for p in m.parameters()] == [id(p) for p in params]
     assert all(p.dtype == np.float64 for p in m.parameters())
     assert m(Tensor(np.ones((1, 3)), dtype=np.float64)).dtype == np.float64
+
+
+# ---------------------------------------------------------------------------- malformed state
+def _write(path, kind, state):
+    """A file at ``path`` that is not a valid state file, of the given kind."""
+    if kind == "npy":
+        with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the name
+            np.save(f, state["weight"])
+    elif kind == "pickle":
+        import pickle
+        path.write_bytes(pickle.dumps(state))
+    elif kind == "text":
+        path.write_text("weight: 1, 2, 3, 4\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "truncated":
+        nn.Linear(2, 2).save(path)
+        path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("npy", "is an .npy file (one unnamed array), expected an .npz archive written by Module.save"),
+    ("pickle", "is not an .npz archive (it starts with b'\\x80"),
+    ("text", "is not an .npz archive (it starts with b'weig'), expected an .npz archive"),
+    ("empty", "is empty (0 bytes), expected an .npz archive written by Module.save"),
+    ("directory", "is a directory, expected an .npz archive written by Module.save"),
+    ("truncated", "cannot be read (BadZipFile: File is not a zip file), expected an .npz archive"),
+])
+def test_a_file_that_is_not_a_state_file_is_named(tmp_path, kind, message):
+    m = nn.Linear(2, 2)
+    before = m.weight.numpy().copy()
+    path = _write(tmp_path / "state.npz", kind, m.state_dict())
+    with pytest.raises(ValueError) as info:
+        m.load_state_dict(path)
+    assert str(info.value).startswith(f"load_state_dict: {str(path)!r} ")
+    assert message in str(info.value)
+    np.testing.assert_array_equal(m.weight.numpy(), before)
+
+
+def test_an_object_array_is_refused_not_unpickled(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, weight=np.array([[1, 2], [3, None]], dtype=object), bias=np.zeros(2))
+    with pytest.raises(ValueError) as info:
+        nn.Linear(2, 2).load_state_dict(path)
+    assert str(info.value) == (
+        f"load_state_dict: key 'weight' in {str(path)!r} holds Python objects (pickled data), "
+        "which are never unpickled; expected a numeric array")
+
+
+def test_paths_are_str_or_pathlike_and_a_missing_file_is_named(tmp_path):
+    m = nn.Linear(2, 2)
+    m.save(str(tmp_path / "model"))  # exactly that name: numpy.savez would add ".npz"
+    assert (tmp_path / "model").is_file() and not (tmp_path / "model.npz").exists()
+    m.load_state_dict(str(tmp_path / "model"))
+    with pytest.raises(TypeError, match="load_state_dict: state must be a path as a str or "
+                                        "os.PathLike \\(bytes paths are not accepted"):
+        m.load_state_dict(bytes(tmp_path / "model"))
+    with pytest.raises(TypeError, match="save: path must be a path as a str or os.PathLike"):
+        m.save(bytes(tmp_path / "other"))
+    with pytest.raises(TypeError, match="load_state_dict: state must be a dict of arrays or a "
+                                        "path \\(str or os.PathLike\\) to an .npz file, got list"):
+        m.load_state_dict([("weight", np.ones((2, 2)))])
+    with pytest.raises(ValueError, match=f"load_state_dict: missing keys \\[.*\\], unexpected "
+                                         f"keys \\['weight', 'bias'\\] in '{tmp_path}/model'"):
+        TwoLayer().load_state_dict(tmp_path / "model")
+    with pytest.raises(ValueError, match="save: path '.*' is a directory, expected a file name"):
+        m.save(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        m.load_state_dict(tmp_path / "absent.npz")
+    assert isinstance(info.value, ValueError)  # a refused argument, like every other one
+    assert "load_state_dict: no such file" in str(info.value)
+    assert str(tmp_path / "absent.npz") in str(info.value)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (np.ones((2, 2)) + 1j, TypeError, "key 'weight' in {file} has dtype complex128 (the "
+     "imaginary part would be lost), expected real numbers (bool, int or float) for float32"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, "key 'weight' in {file} has dtype <U1, "
+     "expected real numbers (bool, int or float) for float32"),
+    (np.full((2, 2), 1e300), ValueError, "key 'weight' in {file} holds 1e+300, which overflows "
+     "float32"),
+    (np.ones((2, 3)), ValueError, "key 'weight' in {file} has shape (2, 3), expected (2, 2)"),
+])
+def test_a_value_that_would_change_on_loading_is_refused(tmp_path, value, error, message):
+    m = nn.Linear(2, 2)
+    before = m.weight.numpy().copy()
+    path = tmp_path / "model.npz"
+    np.savez(path, **dict(m.state_dict(), weight=value))
+    with pytest.raises(error) as info:
+        m.load_state_dict(path)
+    assert str(info.value) == "load_state_dict: " + message.format(file=repr(str(path)))
+    np.testing.assert_array_equal(m.weight.numpy(), before)
+
+
+def test_a_dict_value_that_is_not_numbers_is_named():
+    m = nn.Linear(2, 2)
+    with pytest.raises(TypeError) as info:
+        m.load_state_dict({"weight": None, "bias": np.zeros(2)})
+    assert str(info.value) == ("load_state_dict: key 'weight' has NoneType, expected real "
+                               "numbers (bool, int or float) for float32")
+    with pytest.raises(TypeError, match="load_state_dict: key 'weight' is not an array"):
+        m.load_state_dict({"weight": [[1.0, 2.0], [3.0]], "bias": np.zeros(2)})
+
+
+def test_integers_and_bools_load_into_float_parameters_exactly():
+    m = nn.Linear(2, 2)
+    m.load_state_dict({"weight": np.array([[1, 2], [3, 4]]), "bias": np.array([True, False])})
+    np.testing.assert_array_equal(m.weight.numpy(), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(m.bias.numpy(), [1, 0])
+    assert m.weight.dtype == np.float32 and m.bias.dtype == np.float32
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (np.array(2.9), ValueError, "key 'num_batches_tracked' holds 2.9, expected whole numbers "
+     "for int64"),
+    (np.array(np.nan), ValueError, "key 'num_batches_tracked' holds nan, expected whole numbers"),
+    (np.array(2.0**70), ValueError, "key 'num_batches_tracked' holds values in "
+     "[1.1805916207174113e+21, 1.1805916207174113e+21], outside int64's range"),
+    (np.array(-1), ValueError, "key 'num_batches_tracked' must be >= 0 (batches seen), got -1"),
+])
+def test_an_integer_buffer_takes_only_whole_numbers_that_fit(value, error, message):
+    bn = nn.BatchNorm2d(2)
+    with pytest.raises(error) as info:
+        bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=value))
+    assert str(info.value).startswith("load_state_dict: " + message)
+    assert bn.num_batches_tracked == 0
+    bn.load_state_dict(dict(bn.state_dict(), num_batches_tracked=np.array(7.0)))
+    assert bn.num_batches_tracked == 7 and bn.num_batches_tracked.dtype == np.int64
+
+
+def test_train_mode_must_be_a_bool():
+    m = TwoLayer()
+    with pytest.raises(TypeError, match="TwoLayer.train: mode must be a bool, got str 'no'"):
+        m.train("no")
+    assert m.training and m.eval().train(np.bool_(True)).training

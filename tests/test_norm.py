@@ -390,6 +390,13 @@ def test_batch_norm2d_matches_torch_over_training_steps(momentum):
 # ---------------------------------------------------------------------------- bad input
 X = randn(2, 4, 3, 3).astype(np.float32)
 C4 = np.ones(4, np.float32)
+W4, XT = Tensor(C4.copy()), Tensor(X.copy())
+
+
+def _overlapping_halves():
+    """running_mean = buffer[0:4], running_var = buffer[3:7]: one element shared."""
+    buffer = np.ones(7, np.float32)
+    return buffer[:4], buffer[3:]
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -402,9 +409,49 @@ C4 = np.ones(4, np.float32)
      "bias must have shape (C,) = (4,)"),
     (lambda: F.group_norm(X, 2, np.ones(4)), TypeError, "one dtype"),
     (lambda: F.group_norm(X[0, 0, 0], 1), ValueError, "at least 2 dimensions"),
-    (lambda: F.group_norm(X[:, :, :0], 2), ValueError, "must not be empty"),
-    (lambda: F.group_norm(X, 2, eps=0.0), ValueError, "eps must be > 0"),
-    (lambda: F.group_norm(X, 2, eps=-1.0), ValueError, "eps must be finite and >= 0"),
+    (lambda: F.group_norm(X, 2, eps=0.0), ValueError, "group_norm: eps must be a finite number "
+     "> 0 (it keeps 1/sqrt(var + eps) finite on a constant group), got 0.0"),
+    (lambda: F.group_norm(X, 2, eps=-1.0), ValueError, "group_norm: eps must be a finite number "
+     "> 0 (it keeps 1/sqrt(var + eps) finite on a constant group), got -1.0"),
+    (lambda: F.layer_norm(X, eps=float("nan")), ValueError, "layer_norm: eps must be a finite "
+     "number > 0 (it keeps 1/sqrt(var + eps) finite on a constant group), got nan"),
+    (lambda: F.instance_norm(X, eps="small"), TypeError, "instance_norm: eps must be a real "
+     "number, got str 'small'"),
+    (lambda: F.batch_norm(X, C4.copy(), C4.copy(), eps=float("inf")), ValueError,
+     "batch_norm: eps must be a finite number > 0"),
+    (lambda: F.batch_norm(X, C4.copy(), C4.copy(), eps=True), TypeError,
+     "batch_norm: eps must be a real number, got bool True"),
+    (lambda: nn.GroupNorm(2, 4, eps=0), ValueError, "GroupNorm: eps must be a finite number > 0"),
+    (lambda: nn.LayerNorm(4, eps=-1e-5), ValueError, "LayerNorm: eps must be a finite number > 0"),
+    (lambda: nn.InstanceNorm2d(4, eps=0.0), ValueError,
+     "InstanceNorm2d: eps must be a finite number > 0"),
+    (lambda: nn.BatchNorm2d(4, eps=0.0), ValueError, "BatchNorm2d: eps must be a finite number > 0"),
+    (lambda: nn.BatchNorm2d(4, affine="no"), TypeError, "BatchNorm2d: affine must be a bool, "
+     "got str 'no'"),
+    (lambda: nn.BatchNorm2d(4, track_running_stats=0), TypeError,
+     "BatchNorm2d: track_running_stats must be a bool, got int 0"),
+    (lambda: nn.GroupNorm(2, 4, affine=None), TypeError, "GroupNorm: affine must be a bool, "
+     "got NoneType None"),
+    (lambda: F.batch_norm(X, np.zeros(4, np.float32), -C4), ValueError,
+     "batch_norm: running_var must be finite and >= 0 (a variance) to normalise by it "
+     "(training=False), got -1.0 at channel 0"),
+    (lambda: F.batch_norm(X, np.zeros(4, np.float32), np.array([1, 1, np.inf, 1], np.float32)),
+     ValueError, "batch_norm: running_var must be finite and >= 0 (a variance) to normalise by "
+     "it (training=False), got inf at channel 2"),
+    (lambda: F.batch_norm(X, np.array([0, np.nan, 0, 0], np.float32), C4.copy()), ValueError,
+     "batch_norm: running_mean must be finite to normalise by it (training=False), got nan at "
+     "channel 1"),
+    (lambda: F.batch_norm(X, C4, C4), ValueError, "batch_norm: running_mean and running_var "
+     "must be separate arrays, got two that share memory (running_mean is updated in place)"),
+    (lambda: F.batch_norm(X, Tensor(C4), C4, training=True), ValueError,
+     "batch_norm: running_mean and running_var must be separate arrays"),
+    (lambda: F.batch_norm(X, *_overlapping_halves(), training=True), ValueError,
+     "batch_norm: running_mean and running_var must be separate arrays"),
+    (lambda: F.batch_norm(X, np.zeros(4, np.float32), W4.data, W4, training=True), ValueError,
+     "batch_norm: running_var and weight must be separate arrays, got two that share memory "
+     "(running_var is updated in place)"),
+    (lambda: F.batch_norm(XT, XT.data[0, :, 0, 0], C4.copy(), training=True), ValueError,
+     "batch_norm: running_mean and input must be separate arrays"),
     (lambda: F.group_norm("x", 2), TypeError, "group_norm: input must be a Tensor"),
     (lambda: F.layer_norm(X, np.ones(2, np.float32)), ValueError, "layer_norm: weight"),
     (lambda: F.instance_norm(X[0, 0, 0]), ValueError, "instance_norm: input must be (N, C, *)"),
@@ -462,3 +509,142 @@ def test_batchnorm_module_moves_to_cuda_and_back_keeping_its_counter_an_int():
     state = bn.state_dict()
     assert state["num_batches_tracked"] == 1
     assert state["running_mean"].dtype == np.float64
+
+
+def test_read_only_running_statistics_are_fine_in_evaluation():
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    rm.flags.writeable = rv.flags.writeable = False  # evaluation only reads them
+    y = F.batch_norm(Tensor(X), rm, rv).numpy()
+    np.testing.assert_allclose(y, X / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_separate_views_of_one_buffer_are_not_aliased():
+    buffer = np.concatenate([np.zeros(4), np.ones(4)])
+    x = randn(3, 4, 2, 2)
+    separate = np.zeros(4), np.ones(4)
+    F.batch_norm(Tensor(x), buffer[:4], buffer[4:], training=True)
+    F.batch_norm(Tensor(x), *separate, training=True)
+    np.testing.assert_array_equal(buffer, np.concatenate(separate))
+
+
+def test_training_only_writes_the_running_statistics_so_their_values_are_not_checked():
+    x = randn(3, 4, 2, 2)
+    rm, rv = np.full(4, np.nan), -np.ones(4)
+    y = F.batch_norm(Tensor(x), rm, rv, training=True, momentum=0.5).numpy()
+    np.testing.assert_allclose(y, by_hand(x, (0, 2, 3), 1e-5), atol=1e-12)  # batch statistics
+    assert np.isnan(rm).all()
+    with pytest.raises(ValueError, match="running_mean must be finite to normalise by it"):
+        F.batch_norm(Tensor(x), rm, rv, training=False)
+
+
+@pytest.mark.cuda
+def test_aliased_device_running_statistics_are_refused():
+    x = Tensor(X).to("cuda")
+    rm = CudaArray.from_host(np.zeros(4, np.float32))
+    for rv in (rm, rm.reshape(4), CudaArray(rm.dev)):
+        with pytest.raises(ValueError, match="running_mean and running_var must be separate"):
+            F.batch_norm(x, rm, rv, training=True)
+    rv = CudaArray.from_host(np.ones(4, np.float32))
+    F.batch_norm(x, rm, rv, training=True)  # two allocations: fine
+
+
+@pytest.mark.cuda
+def test_device_running_statistics_are_checked_in_evaluation():
+    x = Tensor(X).to("cuda")
+    rm = CudaArray.from_host(np.zeros(4, np.float32))
+    rv = CudaArray.from_host(np.array([1, 1, 1, -2], np.float32))
+    with pytest.raises(ValueError, match="running_var must be finite and >= 0 .* got -2.0 at "
+                                         "channel 3"):
+        F.batch_norm(x, rm, rv)
+
+
+# ---------------------------------------------------------------------------- ownership
+def _eval_grads(device, x, w, rm, rv, g, after=None):
+    """(dx, dγ) of batch_norm in evaluation; ``after()`` runs between forward and backward."""
+    xt, wt = tensors(device, x, w, requires_grad=True)
+    y = F.batch_norm(xt, moved(rm, device) if not callable(rm) else rm(),
+                     moved(rv, device) if not callable(rv) else rv(), wt, training=False)
+    if after is not None:
+        after()
+    y.backward(Tensor(g).to(device))
+    return host(xt.grad), host(wt.grad)
+
+
+def test_evaluation_backward_reads_its_own_copy_of_the_running_statistics(backend_name):
+    x, w, g = randn(3, 2, 2, 2), randn(2, seed=1), randn(3, 2, 2, 2, seed=2)
+    rm0, rv0 = randn(2, seed=3), np.array([0.5, 2.0])
+    with on(backend_name) as device:
+        expected = _eval_grads(device, x, w, rm0, rv0, g)
+        rm, rv = moved(rm0.copy(), device), moved(rv0.copy(), device)
+
+        def change_them():  # in place, by hand and by a training step of the same buffers
+            rm[...] = 7.0
+            rv[...] = 0.01
+            F.batch_norm(Tensor(3 * x + 5).to(device), rm, rv, training=True, momentum=1.0)
+
+        got = _eval_grads(device, x, w, lambda: rm, lambda: rv, g, after=change_them)
+        assert abs(raw_host(rm)[0] - (3 * x + 5)[:, 0].mean()) < 1e-9  # they did change
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_backward_reads_its_own_copy_of_arrays_given_as_input_and_weight():
+    x, w, g = randn(3, 2, 2, 2), randn(2, seed=1), randn(3, 2, 2, 2, seed=2)
+    for fn in (lambda x, w: F.group_norm(x, 1, w), lambda x, w: F.batch_norm(x, None, None, w,
+                                                                             training=True)):
+        xt, wt = Tensor(x.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+        fn(xt, wt).backward(Tensor(g))
+        x_array, w_array = x.copy(), w.copy()
+        xt2, wt2 = Tensor(x.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+        y_weight = fn(xt2, w_array)    # backward reads the weight for dx
+        y_input = fn(x_array, wt2)     # and the input for dγ
+        w_array[...] = 0.0
+        x_array[...] = 0.0
+        y_weight.backward(Tensor(g))
+        y_input.backward(Tensor(g))
+        np.testing.assert_array_equal(xt2.grad.numpy(), xt.grad.numpy())
+        np.testing.assert_array_equal(wt2.grad.numpy(), wt.grad.numpy())
+
+
+# ---------------------------------------------------------------------------- module state
+def test_batch_norm2d_refuses_a_counter_it_cannot_count_from():
+    x = Tensor(X)
+    bn = nn.BatchNorm2d(4, momentum=None)
+    bn.num_batches_tracked = np.array(-1)
+    with pytest.raises(ValueError) as info:
+        bn(x)
+    assert str(info.value) == ("BatchNorm2d: buffer num_batches_tracked must be >= 0 (batches "
+                               "seen), got -1")
+    assert np.all(bn.running_mean == 0)  # refused before anything was updated
+    bn.num_batches_tracked = 2.0
+    with pytest.raises(TypeError, match="BatchNorm2d: buffer num_batches_tracked must be a 0-d "
+                                        "integer array, got float 2.0"):
+        bn(x)
+    bn.num_batches_tracked = np.array(2**63 - 1)
+    with pytest.raises(ValueError, match="num_batches_tracked must be <= 9223372036854775806 "
+                                         "\\(one more batch must fit in int64\\)"):
+        bn(x)
+    assert np.all(bn.running_mean == 0)
+    bn.num_batches_tracked = 2  # a plain int is a counter too
+    bn(x)
+    assert bn.num_batches_tracked == 3 and bn.state_dict()["num_batches_tracked"].dtype == np.int64
+    bn.eval().num_batches_tracked = np.array(-1)
+    bn(x)  # evaluation does not read the counter
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("num_batches_tracked", np.array(-1), "key 'num_batches_tracked' in {file} must be >= 0 "
+     "(batches seen), got -1"),
+    ("running_var", np.array([1, 1, -0.5, 1]), "key 'running_var' in {file} must hold finite "
+     "variances >= 0, got -0.5"),
+    ("running_mean", np.array([0, np.inf, 0, 0]), "key 'running_mean' in {file} must hold "
+     "finite means, got inf"),
+])
+def test_batch_norm2d_refuses_a_restored_state_it_cannot_use(tmp_path, name, value, message):
+    bn = nn.BatchNorm2d(4)
+    path = tmp_path / "bn.npz"
+    np.savez(path, **dict(bn.state_dict(), **{name: value}))
+    with pytest.raises(ValueError) as info:
+        bn.load_state_dict(path)
+    assert str(info.value) == "load_state_dict: " + message.format(file=repr(str(path)))
+    assert bn.num_batches_tracked == 0 and np.all(bn.running_var == 1)  # nothing loaded

@@ -168,8 +168,11 @@ def _p():
 
 
 @pytest.mark.parametrize("make, error, piece", [
-    (lambda: optim.SGD([], lr=0.1), ValueError, "SGD: got an empty parameter list"),
+    (lambda: optim.SGD([], lr=0.1), ValueError,
+     "SGD: params must hold at least one Tensor or group, got an empty parameter list"),
     (lambda: optim.SGD(_p(), lr=0.1), TypeError, "SGD: params must be an iterable of Tensors"),
+    (lambda: optim.SGD(None, lr=0.1), TypeError,
+     "SGD: params must be an iterable of Tensors or of dicts, got NoneType"),
     (lambda: optim.SGD([_p()], lr=-0.1), ValueError, "SGD: lr must be a finite number >= 0.0, got -0.1"),
     (lambda: optim.SGD([_p()], lr="fast"), TypeError, "SGD: lr must be a real number, got str"),
     (lambda: optim.SGD([_p()], lr=float("nan")), ValueError, "SGD: lr must be a finite number"),
@@ -185,10 +188,22 @@ def _p():
     (lambda: optim.Adam([_p()], betas=(0.9, 1.0)), ValueError, "Adam: betas\\[1\\] must be in \\[0.0, 1.0\\), got 1.0"),
     (lambda: optim.Adam([_p()], betas=(-0.1, 0.9)), ValueError, "Adam: betas\\[0\\] must be in"),
     (lambda: optim.Adam([_p()], betas=0.9), TypeError, "Adam: betas must be a pair"),
-    (lambda: optim.Adam([_p()], eps=-1e-8), ValueError, "Adam: eps must be a finite number >= 0.0"),
+    (lambda: optim.Adam([_p()], eps=-1e-8), ValueError, "Adam: eps must be a finite number > 0.0, got -1e-08"),
+    (lambda: optim.Adam([_p()], eps=0.0), ValueError, "Adam: eps must be a finite number > 0.0, got 0.0"),
+    (lambda: optim.Adam([_p()], eps=float("inf")), ValueError, "Adam: eps must be a finite number > 0.0, got inf"),
+    (lambda: optim.Adam([_p()], eps="tiny"), TypeError, "Adam: eps must be a real number, got str"),
+    (lambda: optim.Adam([_p()], weight_decay=-0.1), ValueError,
+     "Adam: weight_decay must be a finite number >= 0.0, got -0.1"),
+    (lambda: optim.Adam([_p()], betas=(0.9, float("nan"))), ValueError, "Adam: betas\\[1\\] must be in \\[0.0, 1.0\\), got nan"),
+    (lambda: optim.Adam([_p()], betas=(0.9, 0.99, 0.9)), TypeError, "Adam: betas must be a pair"),
+    (lambda: optim.SGD([_p()], lr=0.1, dampening=1.5), ValueError, "SGD: dampening must be in \\[0.0, 1.0\\], got 1.5"),
+    (lambda: optim.SGD([_p()], lr=0.1, momentum=float("inf")), ValueError,
+     "SGD: momentum must be a finite number >= 0.0, got inf"),
+    (lambda: optim.SGD([_p()], lr=True), TypeError, "SGD: lr must be a real number, got bool"),
     (lambda: optim.Adam([_p()], lr=-1), ValueError, "Adam: lr must be"),
     (lambda: optim.Adam([{"params": [_p()], "lr": -1}]), ValueError, "Adam: lr must be"),
-    (lambda: optim.Adam([{"params": []}]), ValueError, "Adam: a parameter group got an empty parameter list"),
+    (lambda: optim.Adam([{"params": []}]), ValueError,
+     "Adam: a parameter group's params must hold at least one Tensor, got an empty parameter list"),
     (lambda: optim.Adam([{"lr": 0.1}]), ValueError, "Adam: a parameter group needs a 'params' entry"),
     (lambda: optim.Adam([{"params": [_p()], "momentum": 0.9}]), TypeError,
      "Adam: unknown option\\(s\\) \\['momentum'\\] in a parameter group"),
@@ -263,3 +278,43 @@ def test_a_float64_learning_rate_keeps_float32_parameters_float32(make):
     assert p.dtype == np.float32
     for state in opt.state.values():
         assert all(v.dtype == np.float32 for v in state.values() if hasattr(v, "dtype"))
+
+
+def test_adam_with_the_smallest_eps_keeps_a_zero_gradient_parameter_finite():
+    p = nn.Parameter(np.ones(2))
+    opt = optim.Adam([p], lr=0.1, eps=5e-324)  # the smallest eps > 0 (a subnormal)
+    p.grad = Tensor(np.zeros(2))
+    opt.step()
+    np.testing.assert_array_equal(p.numpy(), np.ones(2))  # 0 / (0 + eps) = 0, not NaN
+
+
+@pytest.mark.parametrize("make, key, value, piece", [
+    (lambda p: optim.Adam([p]), "eps", 0.0, "Adam: eps must be a finite number > 0.0, got 0.0"),
+    (lambda p: optim.SGD([p], lr=0.1), "lr", -0.5, "SGD: lr must be a finite number >= 0.0, got -0.5"),
+    (lambda p: optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True), "dampening", 0.5,
+     "SGD: nesterov needs momentum > 0 and dampening = 0"),
+])
+def test_step_checks_hyperparameters_changed_after_construction(make, key, value, piece):
+    p = nn.Parameter(np.ones(2))
+    opt = make(p)
+    opt.param_groups[0][key] = value  # as a learning-rate schedule writes group["lr"]
+    p.grad = Tensor(np.zeros(2))
+    with pytest.raises(ValueError, match=piece):
+        opt.step()
+    np.testing.assert_array_equal(p.numpy(), np.ones(2))  # refused before any update
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: optim.Adam(ps, lr=0.1)])
+def test_a_parameter_reshaped_after_a_step_is_refused_before_any_update(make):
+    a, b = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(2))
+    opt = make([a, b])
+    a.grad, b.grad = Tensor(np.ones(3)), Tensor(np.ones(2))
+    opt.step()
+    before = a.numpy().copy()
+    b.data = np.ones(1)  # its momentum (3 entries would broadcast) no longer fits
+    a.grad, b.grad = Tensor(np.ones(3)), Tensor(np.ones(1))
+    with pytest.raises(ValueError, match=r"step: the state '\w+' of shape \(2,\) on cpu does not "
+                                         r"fit its parameter \(1,\) on cpu"):
+        opt.step()
+    np.testing.assert_array_equal(a.numpy(), before)  # a was not updated either

@@ -15,6 +15,10 @@ def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
     The best (not the mean) is the least disturbed by other work on the machine; the
     warm-up run absorbs JIT compilation.
     """
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"best_time: repeat must be an int of at least 1, got {repeat!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"best_time: warmup must be an int of at least 0, got {warmup!r}")
     for _ in range(warmup):
         fn()
     times = []

@@ -45,6 +45,14 @@ def check_ndim(fn: str, name: str, t: Tensor, layout: str) -> None:
         )
 
 
+def check_only_batch_empty(fn: str, name: str, t: Tensor) -> None:
+    """As in torch: the batch (axis 0) may be 0, giving an empty output and empty
+    gradients; any other zero-sized axis is refused."""
+    if 0 in t.shape[1:]:
+        raise ValueError(f"{fn}: {name} may have an empty batch (axis 0) but no other zero-sized "
+                         f"axis, as in torch, got shape {t.shape}")
+
+
 def check_same_dtype(fn: str, **tensors: Tensor | None) -> None:
     given = {k: v.dtype for k, v in tensors.items() if v is not None}
     if len(set(given.values())) > 1:
@@ -60,12 +68,31 @@ def check_same_device(fn: str, **tensors: Tensor | None) -> str:
     return next(iter(given.values()), "cpu")
 
 
+MAX_INT = 2**31 - 1
+"""The largest magnitude of any integer argument (stride, padding, dilation, kernel size,
+groups, output size, sampling ratio, channel counts...).  It is torch's own limit for the
+pooling arguments (C int), and it keeps every index the kernels compute, such as
+i·s - p + u·d, far inside their int64 arithmetic."""
+
+MAX_OUTPUT_ELEMENTS = 2**30
+"""The most elements an op may allocate for its output, its zero-padded input or a layer's
+weight (4 GiB of float32, 8 GiB of float64): a detector's largest feature maps are a
+tenth of it.  More comes from a mistaken padding or size, and would exhaust the memory
+of the machines minidcn is taught on."""
+
+
 def check_int(fn: str, name: str, value, minimum: int | None = None) -> int:
+    """An int (Python or NumPy integer, not bool) in [minimum, MAX_INT], or in
+    [-MAX_INT, MAX_INT] without a minimum."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral,)):
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return int(value)
+    if abs(value) > MAX_INT:
+        raise ValueError(f"{fn}: {name} must be at most 2**31 - 1 = {MAX_INT} in magnitude "
+                         f"(the kernels' index arithmetic), got {value}")
+    return value
 
 
 def check_float(fn: str, name: str, value, minimum: float | None = None) -> float:
@@ -100,3 +127,16 @@ def conv_output_size(fn: str, size, kernel, stride, padding, dilation) -> tuple[
             )
         out.append((n + 2 * p - span) // s + 1)
     return out[0], out[1]
+
+
+def check_elements(fn: str, what: str, shape, culprits: str) -> None:
+    """Refuse an array of more than MAX_OUTPUT_ELEMENTS elements (``what``: "the output",
+    "the padded input") before any kernel allocates it; ``culprits`` names the arguments
+    that set its size."""
+    elements = 1
+    for n in shape:
+        elements *= int(n)  # Python ints: the product cannot wrap
+    if elements > MAX_OUTPUT_ELEMENTS:
+        raise ValueError(f"{fn}: {what} would have shape {tuple(int(n) for n in shape)}, "
+                         f"{elements} elements, more than the {MAX_OUTPUT_ELEMENTS} (2**30) an "
+                         f"op may allocate; check {culprits}")

@@ -63,8 +63,11 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx, a, axis):
-        z = a - a.max(axis=axis, keepdims=True)
-        out = z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+        if a.size == 0:  # an empty axis has no max; as in torch, the result is empty too
+            out = a * 0
+        else:
+            z = a - a.max(axis=axis, keepdims=True)
+            out = z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
         ctx.axis = axis
         ctx.save_for_backward(out)
         return out

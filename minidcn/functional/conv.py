@@ -14,8 +14,10 @@ from ..function import Function
 from ..tensor import Tensor
 from ._validate import (
     as_tensor,
+    check_elements,
     check_int,
     check_ndim,
+    check_only_batch_empty,
     check_same_device,
     check_same_dtype,
     conv_output_size,
@@ -46,12 +48,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     """2-D convolution (cross-correlation), named and defined like torch.nn.functional.conv2d.
 
     Args:
-        input: (B, C_in, H, W).
-        weight: (C_out, C_in / groups, kh, kw).
+        input: (B, C_in, H, W); B may be 0 (an empty output and empty gradients, as in
+            torch), no other axis.
+        weight: (C_out, C_in / groups, kh, kw), no axis 0.
         bias: (C_out,) or None.
         stride, padding, dilation: an int or an (h, w) pair; stride and dilation >= 1,
             padding >= 0 (zeros added on every side).
         groups: input and output channels are split into ``groups`` independent convolutions.
+        Every integer is at most 2**31 - 1, and neither the output nor the zero-padded
+        input may exceed 2**30 elements (``_validate.MAX_OUTPUT_ELEMENTS``).
 
     Returns:
         (B, C_out, H_out, W_out) with H_out = (H + 2 p_h - (d_h (kh - 1) + 1)) // s_h + 1.
@@ -62,6 +67,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     b = None if bias is None else as_tensor(fn, "bias", bias)
     check_ndim(fn, "input", x, "(B, C_in, H, W)")
     check_ndim(fn, "weight", w, "(C_out, C_in / groups, kh, kw)")
+    check_only_batch_empty(fn, "input", x)
     if b is not None:
         check_ndim(fn, "bias", b, "(C_out)")
     check_same_dtype(fn, input=x, weight=w, bias=b)
@@ -84,6 +90,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
         )
     if b is not None and b.shape != (c_out,):
         raise ValueError(f"{fn}: bias must have shape ({c_out},) (one per out channel), got {b.shape}")
-    conv_output_size(fn, x.shape[2:], (kh, kw), stride, padding, dilation)
+    out_h, out_w = conv_output_size(fn, x.shape[2:], (kh, kw), stride, padding, dilation)
+    check_elements(fn, "the output", (x.shape[0], c_out, out_h, out_w), "padding and stride")
+    check_elements(fn, "the padded input",
+                   (x.shape[0], x.shape[1], x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]),
+                   "padding")
     return Conv2d.apply(x, w, b, ops=kernels(device), stride=stride, padding=padding,
                         dilation=dilation, groups=groups)

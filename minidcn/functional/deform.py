@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import zeros
 from ..backends import kernels
 from ..backends.reference import bilinear as reference_bilinear
 from ..backends.reference import deform_conv as reference_deform_conv
@@ -23,7 +24,9 @@ from ..function import Function
 from ..tensor import Tensor
 from ._validate import (
     as_tensor,
+    check_elements,
     check_ndim,
+    check_only_batch_empty,
     check_same_device,
     check_same_dtype,
     conv_output_size,
@@ -49,18 +52,29 @@ class BilinearSample(Function):
 
 
 class DeformConv2d(Function):
-    """y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b; gradients for all five inputs."""
+    """y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b; gradients for all five inputs.
+
+    An empty batch (B = 0) skips the kernels, as torchvision's do: the output is empty and
+    every gradient is zero (empty for input, offset and mask)."""
 
     @staticmethod
     def forward(ctx, x, offset, weight, mask, bias, ops, stride, padding, dilation, groups,
                 offset_groups):
         ctx.ops, ctx.params = ops, (stride, padding, dilation, groups, offset_groups)
         ctx.save_for_backward(x, offset, mask, weight)
+        if x.shape[0] == 0:
+            return zeros((0, weight.shape[0]) + tuple(offset.shape[2:]), x.dtype, like=x)
         return ops.deform_conv2d_forward(x, offset, mask, weight, bias, *ctx.params)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, offset, mask, weight = ctx.saved
+        if x.shape[0] == 0:
+            grad_x, grad_offset, grad_weight, grad_bias = (
+                zeros(shape, x.dtype, like=x)
+                for shape in (x.shape, offset.shape, weight.shape, weight.shape[:1]))
+            grad_mask = None if mask is None else zeros(mask.shape, x.dtype, like=x)
+            return grad_x, grad_offset, grad_weight, grad_mask, grad_bias
         grad_x, grad_offset, grad_mask, grad_weight, grad_bias = ctx.ops.deform_conv2d_backward(
             grad_y, x, offset, mask, weight, *ctx.params)
         return grad_x, grad_offset, grad_weight, grad_mask, grad_bias
@@ -115,7 +129,8 @@ def bilinear_sample(x, points) -> Tensor:
     Args:
         x: (B, C, H, W) feature maps.
         points: (B, P, 2) positions (y, x) in pixel coordinates (row 0 and column 0 are the
-            centres of the first pixels); image b is sampled at its own P points.
+            centres of the first pixels); image b is sampled at its own P points.  B may be
+            0 (an empty output), no other axis.
 
     Returns:
         (B, C, P): out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q], reading 0 outside the
@@ -129,8 +144,8 @@ def bilinear_sample(x, points) -> Tensor:
     check_ndim(fn, "points", pts, "(B, P, 2)")
     check_same_dtype(fn, x=x, points=pts)
     device = check_same_device(fn, x=x, points=pts)
-    _check_not_empty(fn, "x", x)
-    _check_not_empty(fn, "points", pts)
+    check_only_batch_empty(fn, "x", x)
+    check_only_batch_empty(fn, "points", pts)
     if pts.shape[2] != 2:
         raise ValueError(f"{fn}: points must have shape (B, P, 2) holding (y, x), got {pts.shape}")
     if pts.shape[0] != x.shape[0]:
@@ -156,14 +171,16 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b
 
     Args:
-        input: (B, C_in, H, W).
+        input: (B, C_in, H, W); B may be 0 (an empty output and empty gradients, as in
+            torchvision), no other axis.
         offset: (B, 2 · G_off · kh · kw, H_out, W_out); channel g·2·kh·kw + 2k is dy and the
             next one dx, for offset group g and kernel point k = i·kw + j.  Input channel c
             uses offset group c // (C_in / G_off).  G_off is inferred from the channels.
         weight: (C_out, C_in / groups, kh, kw); groups = C_in / weight.shape[1].
         bias: (C_out,) or None.
         stride, padding, dilation: an int or an (h, w) pair; stride and dilation >= 1,
-            padding >= 0.
+            padding >= 0, each at most 2**31 - 1; the output may have at most 2**30
+            elements.
         mask: (B, G_off · kh · kw, H_out, W_out) or None; channel g·kh·kw + k multiplies the
             value sampled for kernel point k of offset group g (DCNv2 modulation).
 
@@ -190,7 +207,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     stride = pair(fn, "stride", stride, 1)
     padding = pair(fn, "padding", padding, 0)
     dilation = pair(fn, "dilation", dilation, 1)
-    _check_not_empty(fn, "input", x)
+    check_only_batch_empty(fn, "input", x)
     _check_not_empty(fn, "weight", w)
 
     batch, in_channels = x.shape[:2]
@@ -213,6 +230,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
             raise ValueError(f"{fn}: {name} has batch size {t.shape[0]}, expected input's batch "
                              f"size {batch} (input {x.shape}, {name} {t.shape})")
     out_h, out_w = conv_output_size(fn, x.shape[2:], (kh, kw), stride, padding, dilation)
+    check_elements(fn, "the output", (batch, out_channels, out_h, out_w), "padding and stride")
     expected = (batch, 2 * offset_groups * kh * kw, out_h, out_w)
     if off.shape != expected:
         raise ValueError(f"{fn}: offset must have shape {expected} (B, 2 * offset_groups * kh "

@@ -20,8 +20,12 @@ float64 even for float32 data, so a mean of 1e3 times the spread costs no accura
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
+from ..arrays import zeros
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor, _is_device_array
@@ -62,7 +66,11 @@ class GroupNorm(Function):
 
 class BatchNorm(Function):
     """y = γ_c (x - μ_c) r_c + β_c with given statistics; backward treats them as functions
-    of x in training (batch statistics) and as constants in evaluation (running ones)."""
+    of x in training (batch statistics) and as constants in evaluation (running ones).
+
+    Backward reads ``save_mean`` and ``save_rstd``, float64 arrays every backend's forward
+    computes afresh, never the running buffers: a caller (or a later training step) that
+    updates the running statistics in place cannot change an earlier graph's gradients."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps, training):
@@ -80,17 +88,44 @@ class BatchNorm(Function):
                                                             weight, ctx.training))
 
 
+class EmptyNorm(Function):
+    """Any norm of an empty input, as torch allows: an empty output, no statistics, and
+    zero gradients for weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.shape = x.shape
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        return zeros(x.shape, x.dtype, like=x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        channels = ctx.shape[1:2]
+        return _wanted(ctx, (zeros(ctx.shape, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad),
+                             zeros(channels, grad.dtype, like=grad)))
+
+
 # ---------------------------------------------------------------------------- validation
+def _owned(fn, name, value) -> Tensor:
+    """A Tensor as given; any other array-like as a Tensor holding a copy of it.
+
+    Backward reads the input (for dγ) and the weight (for dx): an array the caller still
+    owns, wrapped without a copy, could be changed between forward and backward."""
+    if isinstance(value, Tensor):
+        return value
+    t = as_tensor(fn, name, value)
+    return Tensor._from_array(t.data.copy()) if isinstance(t.data, np.ndarray) else t
+
+
 def _input_and_affine(fn, input, weight, bias):
     """input as an (N, C, *) Tensor with values, weight and bias as (C,) Tensors or None."""
-    x = as_tensor(fn, "input", input)
+    x = _owned(fn, "input", input)
     if x.ndim < 2:
         raise ValueError(f"{fn}: input must be (N, C, *) with at least 2 dimensions, "
                          f"got {x.ndim}-D with shape {x.shape}")
-    if x.numel() == 0:
-        raise ValueError(f"{fn}: input must not be empty, got shape {x.shape}")
-    w = None if weight is None else as_tensor(fn, "weight", weight)
-    b = None if bias is None else as_tensor(fn, "bias", bias)
+    w = None if weight is None else _owned(fn, "weight", weight)
+    b = None if bias is None else _owned(fn, "bias", bias)
     check_same_dtype(fn, input=x, weight=w, bias=b)
     check_same_device(fn, input=x, weight=w, bias=b)
     channels = x.shape[1]
@@ -101,16 +136,20 @@ def _input_and_affine(fn, input, weight, bias):
     return x, w, b
 
 
-def _positive_eps(fn, eps) -> float:
-    eps = check_float(fn, "eps", eps, 0.0)
-    if eps == 0.0:
-        raise ValueError(f"{fn}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite on a "
-                         f"constant group), got {eps}")
+def positive_eps(fn, eps) -> float:
+    """eps as a float, finite and > 0: it keeps 1/sqrt(var + eps) finite on a constant group."""
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a real number, got {type(eps).__name__} {eps!r}")
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"{fn}: eps must be a finite number > 0 (it keeps 1/sqrt(var + eps) "
+                         f"finite on a constant group), got {eps}")
     return eps
 
 
-def _running_stat(fn, name, value, x: Tensor):
-    """The raw array (host ndarray or CudaArray) that batch_norm updates in place, or None."""
+def _running_stat(fn, name, value, x: Tensor, written: bool):
+    """The raw array (host ndarray or CudaArray) that batch_norm reads, or updates in place
+    when ``written`` (training), or None."""
     if value is None:
         return None
     array = value.data if isinstance(value, Tensor) else value
@@ -126,10 +165,49 @@ def _running_stat(fn, name, value, x: Tensor):
     device = "cpu" if isinstance(array, np.ndarray) else "cuda"
     if device != x.device:
         raise ValueError(f"{fn}: {name} is on {device} but input is on {x.device}")
-    if device == "cpu" and not array.flags.writeable:
+    if written and device == "cpu" and not array.flags.writeable:
         raise ValueError(f"{fn}: {name} is a read-only array; it must be writable to be "
                          "updated in place")
     return array
+
+
+def _shares_memory(a, b) -> bool:
+    """Whether two arrays (both host or both device) overlap in memory."""
+    if isinstance(a, np.ndarray):
+        return bool(np.shares_memory(a, b))
+
+    def span(array):  # a CudaArray owns C-contiguous memory: [start, start + nbytes)
+        dev = array.dev  # the simulator keeps a NumPy array, seen through __array_interface__
+        face = getattr(dev, "__cuda_array_interface__", None) or dev.__array_interface__
+        return face["data"][0], face["data"][0] + array.size * array.dtype.itemsize
+
+    (a_start, a_end), (b_start, b_end) = span(a), span(b)
+    return a_start < b_end and b_start < a_end
+
+
+def _check_separate(fn, buffers: dict, tensors: dict) -> None:
+    """The running statistics are updated in place: neither may overlap the other, nor the
+    input, weight or bias (an update would change them mid-call)."""
+    names = list(buffers)
+    for i, name in enumerate(names):
+        others = {**{n: buffers[n] for n in names[i + 1:]},
+                  **{n: t.data for n, t in tensors.items() if t is not None}}
+        for other, array in others.items():
+            if _shares_memory(buffers[name], array):
+                raise ValueError(f"{fn}: {name} and {other} must be separate arrays, got two "
+                                 f"that share memory ({name} is updated in place)")
+
+
+def _check_running_values(fn, mean, var) -> None:
+    """Evaluation divides by sqrt(running_var + eps): NaN out unless finite, var >= 0."""
+    for name, array, low in (("running_mean", mean, None), ("running_var", var, 0.0)):
+        host = array if isinstance(array, np.ndarray) else array.to_host()
+        bad = ~np.isfinite(host) if low is None else ~(np.isfinite(host) & (host >= low))
+        if bad.any():
+            c = int(np.flatnonzero(bad)[0])
+            wanted = "finite" if low is None else "finite and >= 0 (a variance)"
+            raise ValueError(f"{fn}: {name} must be {wanted} to normalise by it "
+                             f"(training=False), got {host[c]} at channel {c}")
 
 
 # ---------------------------------------------------------------------------- group norms
@@ -141,7 +219,9 @@ def _group_norm(fn, input, num_groups, weight, bias, eps) -> Tensor:
     if channels % groups:
         raise ValueError(f"{fn}: the {channels} channels of input {x.shape} cannot be split "
                          f"into num_groups={groups} equal groups (C must be divisible by it)")
-    eps = _positive_eps(fn, eps)
+    eps = positive_eps(fn, eps)
+    if x.numel() == 0:
+        return EmptyNorm.apply(x, w, b)
     return GroupNorm.apply(x, w, b, num_groups=groups, eps=eps)
 
 
@@ -155,11 +235,12 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
     the rest of the batch, and there is no training/evaluation difference.
 
     Args:
-        input: (N, C, *) Tensor, not empty.
+        input: (N, C, *) Tensor; it may be empty (any axis 0), as in torch: the output is
+            empty and weight and bias get zero gradients.
         num_groups: G >= 1, dividing C.
         weight, bias: (C,) Tensors or None (identity); same dtype and device as input.
-        eps: > 0, added to the variance.  (torch also accepts 0, which divides by zero on
-            a constant group.)
+        eps: finite and > 0, added to the variance.  (torch also accepts 0, which divides
+            by zero on a constant group.)
     """
     return _group_norm("group_norm", input, num_groups, weight, bias, eps)
 
@@ -206,41 +287,57 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     * ``training=True``: the batch mean and biased variance.  When running statistics are
       given they are updated **in place**: ``running ← (1 - momentum) running + momentum
       batch``, the variance term being the *unbiased* batch variance (× M / (M - 1)).
-      Fewer than 2 values per channel is an error (no variance to estimate).  The gradient
-      flows through the batch statistics.
+      Exactly 1 value per channel is an error (no variance to estimate); an empty input
+      gives an empty output and leaves the running statistics unchanged, as in torch.  The
+      gradient flows through the batch statistics.
     * ``training=False``: ``running_mean`` and ``running_var`` (required) are used as
-      constants and left unchanged.
+      constants and left unchanged.  They must then be finite, and running_var >= 0: a
+      ValueError names the first bad channel (torch accepts them and returns NaN).  In
+      training they are only written, so their values are not checked there; a NaN batch
+      makes them NaN, and the next evaluation call refuses them.
+
+    Backward never reads the running statistics (see ``BatchNorm``): the graph keeps its own
+    float64 copies of the statistics it normalised with.
 
     Args:
-        input: (N, C, *) Tensor, not empty.
+        input: (N, C, *) Tensor; it may be empty (any axis 0), as in torch.
         running_mean, running_var: (C,) arrays of the input's dtype on its device (numpy
-            ndarray, CudaArray, or a Tensor whose data is updated), or both None (training
-            only: then nothing is tracked).
+            ndarray, CudaArray, or a Tensor whose data is updated; writable when
+            training, which updates them; read-only arrays are fine in evaluation), two
+            separate arrays that share memory with neither each other nor input, weight or
+            bias; or both None (training only: then nothing is tracked).
         weight, bias: (C,) Tensors or None (identity).
         training: bool.
         momentum: in [0, 1].
-        eps: > 0.
+        eps: finite and > 0.  (torch also accepts 0.)
     """
     fn = "batch_norm"
     x, w, b = _input_and_affine(fn, input, weight, bias)
-    mean_buffer = _running_stat(fn, "running_mean", running_mean, x)
-    var_buffer = _running_stat(fn, "running_var", running_var, x)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
+    mean_buffer = _running_stat(fn, "running_mean", running_mean, x, training)
+    var_buffer = _running_stat(fn, "running_var", running_var, x, training)
     if (mean_buffer is None) != (var_buffer is None):
         raise ValueError(f"{fn}: running_mean and running_var must both be given or both be "
                          f"None, got running_mean={'None' if mean_buffer is None else 'array'}, "
                          f"running_var={'None' if var_buffer is None else 'array'}")
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{fn}: training must be a bool, got {type(training).__name__}")
+    if mean_buffer is not None:
+        _check_separate(fn, {"running_mean": mean_buffer, "running_var": var_buffer},
+                        {"input": x, "weight": w, "bias": b})
     momentum = check_float(fn, "momentum", momentum, 0.0)
     if momentum > 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
-    eps = _positive_eps(fn, eps)
-    count = x.numel() // x.shape[1]
-    if training and count < 2:
+    eps = positive_eps(fn, eps)
+    count = x.shape[0] * math.prod(x.shape[2:])  # values per channel, even with C = 0
+    if training and count == 1:
         raise ValueError(f"{fn}: training needs more than 1 value per channel to estimate a "
                          f"variance, got input of shape {x.shape} ({count} value per channel)")
     if not training and mean_buffer is None:
         raise ValueError(f"{fn}: running_mean and running_var are required when training=False")
+    if not training:
+        _check_running_values(fn, mean_buffer, var_buffer)
+    if x.numel() == 0:
+        return EmptyNorm.apply(x, w, b)  # as torch: the running statistics stay unchanged
 
     k = kernels(x.device)
     if training:

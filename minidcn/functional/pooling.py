@@ -10,9 +10,12 @@ j·s_w - p_w + v·d_w (v < kw); H_out = (H + 2 p_h - (d_h (kh - 1) + 1)) // s_h 
 
 ``ceil_mode=True`` is not supported (a ValueError says so): the kernel signatures fix the
 output size to the floor formula above.  As in torch, padding may be at most half the
-kernel size.  A window that falls entirely in the padding (possible only with dilation) is
-a ValueError: torch reads outside the input there.  The kernels are in
-``backends/*/pool.py``.
+kernel size, the batch may be empty (an empty output and empty gradients) but not the
+channels or the image, and every integer is at most 2**31 - 1 (torch's limit too).  The
+kernels visit only the window points inside the image, so a window far larger than the
+image costs no more than the image.  A window that falls entirely in the padding
+(possible only with dilation) is a ValueError: torch reads outside the input there.  The
+kernels are in ``backends/*/pool.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import as_tensor, check_ndim, conv_output_size, pair
+from ._validate import (as_tensor, check_ndim, check_only_batch_empty,
+                        conv_output_size, pair)
 
 __all__ = ["max_pool2d", "avg_pool2d"]
 
@@ -61,6 +65,7 @@ def _pool_arguments(fn, input, kernel_size, stride, padding, dilation, ceil_mode
     """The checked (x, kernel, stride, padding, dilation) of a pooling call."""
     x = as_tensor(fn, "input", input)
     check_ndim(fn, "input", x, "(B, C, H, W)")
+    check_only_batch_empty(fn, "input", x)
     kernel = pair(fn, "kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair(fn, "stride", stride, 1)
     padding = pair(fn, "padding", padding, 0)
@@ -88,18 +93,23 @@ def _pool_arguments(fn, input, kernel_size, stride, padding, dilation, ceil_mode
 def _has_empty_window(size, kernel, stride, padding, dilation, out) -> bool:
     """Whether some window i has none of its positions i·s - p + u·d inside [0, size).
 
-    With padding <= kernel // 2 this needs dilation > 1 (torch reads out of bounds there).
+    Window i starts at a = i·s - p; its first position at or after 0 is kernel point
+    u0 = max(0, ceil(-a / d)), and the window touches the image exactly when u0 < k and
+    a + u0·d < size.  Arithmetic over the windows only (O(out) memory, nothing per kernel
+    point).  With padding <= kernel // 2 this needs dilation > 1 (torch reads out of
+    bounds there).
     """
-    positions = np.arange(out)[:, None] * stride - padding + np.arange(kernel) * dilation
-    inside = (positions >= 0) & (positions < size)
-    return not inside.any(axis=1).all()
+    start = np.arange(out, dtype=np.int64) * stride - padding
+    first = np.maximum(0, -(start // dilation))  # ceil(-a / d) = -floor(a / d)
+    touches = (first < kernel) & (start + first * dilation < size)
+    return not touches.all()
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> Tensor:
     """2-D max pooling, like torch.nn.functional.max_pool2d.
 
     Args:
-        input: (B, C, H, W).
+        input: (B, C, H, W); B may be 0.
         kernel_size: an int or an (h, w) pair.
         stride: defaults to ``kernel_size``.
         padding: implicit padding on every side, never selected; at most kernel_size // 2.
@@ -121,7 +131,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     """2-D average pooling, like torch.nn.functional.avg_pool2d.
 
     Args:
-        input: (B, C, H, W).
+        input: (B, C, H, W); B may be 0.
         kernel_size: an int or an (h, w) pair.
         stride: defaults to ``kernel_size``.
         padding: zeros on every side; at most kernel_size // 2.

@@ -29,8 +29,8 @@ import numpy as np
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import (as_tensor, check_float, check_int, check_ndim, check_same_device,
-                        check_same_dtype, pair)
+from ._validate import (as_tensor, check_elements, check_float, check_int, check_ndim,
+                        check_same_device, check_same_dtype, pair)
 
 __all__ = ["roi_pool", "roi_align", "deform_roi_pool", "deform_ps_roi_pool"]
 
@@ -147,18 +147,6 @@ def _shown(n: int) -> str:
     return str(n) if abs(n) < 2**64 else f"about 2**{n.bit_length() - 1}"
 
 
-def _output_size(fn, output_size, x: Tensor, rois: Tensor, position_sensitive=False):
-    """(ph, pw), each >= 1, small enough that the (K, C_out, ph, pw) output can exist."""
-    ph, pw = pair(fn, "output_size", output_size, 1)
-    channels = max(x.shape[1] // (ph * pw) if position_sensitive else x.shape[1], 1)
-    nbytes = max(rois.shape[0], 1) * channels * ph * pw * x.dtype.itemsize  # Python ints
-    if nbytes >= 2**63:
-        raise ValueError(f"{fn}: output_size ({_shown(ph)}, {_shown(pw)}) would make an "
-                         f"output of {_shown(nbytes)} bytes for {rois.shape[0]} rois and "
-                         f"{channels} channels; an array holds less than 2**63")
-    return ph, pw
-
-
 def _adaptive_grid(boxes, output_size, spatial_scale, aligned, dtype):
     """(grid_h, grid_w) of every RoI as a kernel computes them in ``dtype``: the box size
     (x2 s - shift) - (x1 s - shift), at least 1 unless aligned, over the bins, rounded up,
@@ -228,14 +216,16 @@ def _offset(fn, offset, x: Tensor, rois: Tensor, output_size) -> Tensor:
     return _per_bin(fn, "offset", offset, x, rois, 2, output_size)
 
 
-def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_ratio, aligned,
-                       position_sensitive=False):
+def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
     """The checks shared by roi_align and the deformable poolings: (x, the op's own rois,
     output_size, spatial_scale, sampling_ratio), with any sampling_ratio <= 0 passed on as
     0 (all mean adaptive; a huge negative int would not fit the kernels' int64)."""
     x = _input(fn, input)
     r, boxes = _rois(fn, rois, x)
-    output_size = _output_size(fn, output_size, x, r, position_sensitive)
+    output_size = pair(fn, "output_size", output_size, 1)
+    check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
+    check_elements(fn, "the kernels' per-bin offsets", (r.shape[0], 2) + output_size,
+                   "output_size")
     scale = _scale(fn, spatial_scale)
     ratio = check_int(fn, "sampling_ratio", sampling_ratio)
     _check_samples_per_bin(fn, boxes, output_size, scale, ratio, aligned)
@@ -262,7 +252,8 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0) -> Tensor:
     fn = "roi_pool"
     x = _input(fn, input)
     r, _ = _rois(fn, rois, x)
-    output_size = _output_size(fn, output_size, x, r)
+    output_size = pair(fn, "output_size", output_size, 1)
+    check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
     scale = _scale(fn, spatial_scale)
     return RoIPool.apply(x, rois=r.data, ops=kernels(x.device), output_size=output_size,
                          spatial_scale=scale)
@@ -354,8 +345,7 @@ def deform_ps_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samp
     """
     fn = "deform_ps_roi_pool"
     x, r, output_size, scale, ratio = _sampled_pool_args(fn, input, rois, output_size,
-                                                         spatial_scale, sampling_ratio, True,
-                                                         position_sensitive=True)
+                                                         spatial_scale, sampling_ratio, True)
     gamma = check_float(fn, "gamma", gamma)
     bins = output_size[0] * output_size[1]
     if x.shape[1] % bins:

@@ -6,6 +6,7 @@ inverse permutation, or scatter-add it into the positions the index picked.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -57,16 +58,21 @@ class GetItem(Function):
         return da
 
 
+def _is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def reshape(input, shape) -> Tensor:
     t = as_tensor("reshape", "input", input)
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+    if any(not _is_int(s) for s in shape):
         raise TypeError(f"reshape: shape must be ints, got {shape!r}")
     shape = tuple(int(s) for s in shape)
     known = [s for s in shape if s != -1]
     if shape.count(-1) > 1 or any(s < 0 for s in known):
         raise ValueError(f"reshape: shape {shape} may hold at most one -1 and no other negative")
-    total, rest = t.numel(), int(np.prod(known, dtype=np.int64))
+    total, rest = t.numel(), math.prod(known)  # Python ints: a huge entry cannot wrap
     fits = (rest > 0 and total % rest == 0) if -1 in shape else (rest == total)
     if not fits:
         raise ValueError(f"reshape: cannot view {t.numel()} elements {t.shape} as shape {shape}")
@@ -77,7 +83,10 @@ def reshape(input, shape) -> Tensor:
 
 def permute(input, dims) -> Tensor:
     t = as_tensor("permute", "input", input)
-    if any(not isinstance(d, numbers.Integral) or not -t.ndim <= d < t.ndim for d in dims):
+    dims = tuple(dims)
+    if any(not _is_int(d) for d in dims):
+        raise TypeError(f"permute: dims must be ints, got {dims!r}")
+    if any(not -t.ndim <= d < t.ndim for d in dims):
         raise ValueError(f"permute: dims {tuple(dims)} is not a permutation of the {t.ndim} axes")
     dims = tuple(int(d) % t.ndim for d in dims)
     if sorted(dims) != list(range(t.ndim)):
@@ -88,7 +97,9 @@ def permute(input, dims) -> Tensor:
 def transpose(input, dim0, dim1) -> Tensor:
     t = as_tensor("transpose", "input", input)
     for name, d in (("dim0", dim0), ("dim1", dim1)):
-        if not isinstance(d, numbers.Integral) or not -t.ndim <= d < t.ndim:
+        if not _is_int(d):
+            raise TypeError(f"transpose: {name} must be an int, got {type(d).__name__} {d!r}")
+        if not -t.ndim <= d < t.ndim:
             raise ValueError(f"transpose: {name}={d!r} is out of range for a {t.ndim}-D tensor")
     dims = list(range(t.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
@@ -99,7 +110,10 @@ def flatten(input, start_dim=1) -> Tensor:
     """Merge the axes from ``start_dim`` on into one (torch.flatten with end_dim=-1)."""
     t = as_tensor("flatten", "input", input)
     axes = max(t.ndim, 1)  # a 0-d tensor flattens to 1-D, like torch
-    if not isinstance(start_dim, numbers.Integral) or not -axes <= start_dim < axes:
+    if not _is_int(start_dim):
+        raise TypeError(f"flatten: start_dim must be an int, got {type(start_dim).__name__} "
+                        f"{start_dim!r}")
+    if not -axes <= start_dim < axes:
         raise ValueError(f"flatten: start_dim={start_dim!r} is out of range for {t.ndim}-D input")
     return reshape(t, t.shape[:start_dim] + (-1,))
 

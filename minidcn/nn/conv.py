@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional._validate import check_int, pair
+from ..functional._validate import check_elements, check_int, pair
 from . import init
 from .layers import _layer_dtype
 from .module import Module, Parameter
@@ -40,6 +40,7 @@ class Conv2d(Module):
         rng = init.generator(generator)
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
         shape = (out_channels, in_channels // groups) + self.kernel_size
+        check_elements(fn, "the weight", shape, "in_channels, out_channels and kernel_size")
         self.weight = Parameter(init.kaiming_uniform_default(shape, fan_in, rng, dtype))
         self.bias = (
             Parameter(init.uniform((out_channels,), 1.0 / np.sqrt(fan_in), rng, dtype))

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from .. import functional as F
+from ..functional._validate import check_elements, check_int
 from . import init
 from .module import Module, Parameter
 
@@ -25,13 +26,6 @@ def _layer_dtype(layer: str, dtype) -> np.dtype:
     return dtype
 
 
-def _positive_int(layer: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{layer}: {name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{layer}: {name} must be >= 1, got {value}")
-    return int(value)
-
 
 class Linear(Module):
     """y = x Wᵀ + b, with W of shape (out_features, in_features) and b of shape (out_features,).
@@ -42,11 +36,12 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, generator=None,
                  dtype=np.float32):
         super().__init__()
-        self.in_features = _positive_int("Linear", "in_features", in_features)
-        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.in_features = check_int("Linear", "in_features", in_features, 1)
+        self.out_features = check_int("Linear", "out_features", out_features, 1)
         dtype = _layer_dtype("Linear", dtype)
         rng = init.generator(generator)
         shape = (self.out_features, self.in_features)
+        check_elements("Linear", "the weight", shape, "in_features and out_features")
         self.weight = Parameter(init.kaiming_uniform_default(shape, self.in_features, rng, dtype))
         bound = 1.0 / np.sqrt(self.in_features)
         self.bias = Parameter(init.uniform((self.out_features,), bound, rng, dtype)) if bias else None

@@ -10,21 +10,23 @@ channel; their docstrings say how they differ from torch's layers of the same na
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .. import functional as F
 from ..functional._validate import as_tensor, check_float, check_int
+from ..functional.norm import positive_eps
 from .layers import _layer_dtype
 from .module import Module, Parameter
 
 __all__ = ["GroupNorm", "BatchNorm2d", "LayerNorm", "InstanceNorm2d"]
 
 
-def _positive_eps(layer: str, eps) -> float:
-    eps = check_float(layer, "eps", eps, 0.0)
-    if eps == 0.0:
-        raise ValueError(f"{layer}: eps must be > 0, got {eps}")
-    return eps
+def _flag(layer: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _check_input(layer: str, x, channels: int, ndim: int | None = None):
@@ -53,8 +55,8 @@ class GroupNorm(Module):
         if self.num_channels % self.num_groups:
             raise ValueError(f"{layer}: num_channels = {num_channels} must be divisible by "
                              f"num_groups = {num_groups}")
-        self.eps = _positive_eps(layer, eps)
-        self.affine = bool(affine)
+        self.eps = positive_eps(layer, eps)
+        self.affine = _flag(layer, "affine", affine)
         dtype = _layer_dtype(layer, dtype)
         self.weight = Parameter(np.ones(self.num_channels, dtype)) if self.affine else None
         self.bias = Parameter(np.zeros(self.num_channels, dtype)) if self.affine else None
@@ -103,6 +105,18 @@ class InstanceNorm2d(GroupNorm):
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
+_MOST_BATCHES = np.iinfo(np.int64).max - 1  # one more batch must still fit in int64
+
+
+def _counter_problem(value: np.ndarray) -> str | None:
+    """num_batches_tracked must be >= 0 (momentum=None divides by it + 1), and countable."""
+    if value < 0:
+        return f"must be >= 0 (batches seen), got {int(value)}"
+    if value > _MOST_BATCHES:
+        return f"must be <= {_MOST_BATCHES} (one more batch must fit in int64), got {int(value)}"
+    return None
+
+
 class BatchNorm2d(Module):
     """batch_norm over (N, H, W) per channel, with running statistics, as torch.nn.BatchNorm2d.
 
@@ -116,6 +130,9 @@ class BatchNorm2d(Module):
 
     The three buffers are in ``state_dict()``: running_mean (zeros), running_var (ones),
     num_batches_tracked (an int64 scalar).  weight (ones) and bias (zeros) when ``affine``.
+    ``load_state_dict`` refuses a negative counter and running statistics that evaluation
+    could not normalise by (non-finite, or a negative variance); ``forward`` refuses a
+    counter assigned directly that is not a 0-d integer >= 0.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -123,14 +140,14 @@ class BatchNorm2d(Module):
         super().__init__()
         layer = "BatchNorm2d"
         self.num_features = check_int(layer, "num_features", num_features, 1)
-        self.eps = _positive_eps(layer, eps)
+        self.eps = positive_eps(layer, eps)
         if momentum is not None:
             momentum = check_float(layer, "momentum", momentum, 0.0)
             if momentum > 1.0:
                 raise ValueError(f"{layer}: momentum must be in [0, 1] or None, got {momentum}")
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = _flag(layer, "affine", affine)
+        self.track_running_stats = _flag(layer, "track_running_stats", track_running_stats)
         dtype = _layer_dtype(layer, dtype)
         self.weight = Parameter(np.ones(self.num_features, dtype)) if self.affine else None
         self.bias = Parameter(np.zeros(self.num_features, dtype)) if self.affine else None
@@ -142,7 +159,7 @@ class BatchNorm2d(Module):
     def forward(self, x):
         x = _check_input("BatchNorm2d", x, self.num_features, ndim=4)
         updating = self.training and self.track_running_stats
-        batches = int(np.asarray(self.num_batches_tracked)) + 1 if updating else 0
+        batches = self._batches_tracked() + 1 if updating else 0
         if self.momentum is None:  # cumulative average: the k-th batch gets weight 1/k
             momentum = 1.0 / batches if updating else 0.0
         else:
@@ -151,8 +168,31 @@ class BatchNorm2d(Module):
         y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                          training=use_batch_stats, momentum=momentum, eps=self.eps)
         if updating:
-            self.num_batches_tracked[...] = batches
+            self.num_batches_tracked = np.array(batches, np.int64)
         return y
+
+    def _batches_tracked(self) -> int:
+        """The counter buffer as an int, checked: it may have been assigned directly."""
+        count = self.num_batches_tracked
+        array = np.asarray(count) if isinstance(count, (numbers.Integral, np.ndarray)) else None
+        if array is None or array.shape != () or array.dtype.kind not in "iu":
+            raise TypeError(f"BatchNorm2d: buffer num_batches_tracked must be a 0-d integer "
+                            f"array, got {type(count).__name__} {count!r}")
+        problem = _counter_problem(array)
+        if problem:
+            raise ValueError(f"BatchNorm2d: buffer num_batches_tracked {problem}")
+        return int(array)
+
+    def _state_problem(self, name, value) -> str | None:
+        """What is wrong with a loaded buffer (see Module.load_state_dict), or None."""
+        if name == "num_batches_tracked":
+            return _counter_problem(value)
+        if name == "running_mean" and not np.isfinite(value).all():
+            return f"must hold finite means, got {value[~np.isfinite(value)][0]}"
+        if name == "running_var" and not (np.isfinite(value) & (value >= 0)).all():
+            return (f"must hold finite variances >= 0, got "
+                    f"{value[~(np.isfinite(value) & (value >= 0))][0]}")
+        return None
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -33,21 +33,29 @@ __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "a
 NO_DILATION = (1, 1)
 
 
+@cuda.jit(device=True)
+def points_inside(start, dilation, kernel, size):
+    """[lo, hi): the kernel points u < kernel whose position start + u·d lies in [0, size)
+    (conditionals, not max/min: see ``clipped_span``)."""
+    lo = -(start // dilation) if start < 0 else 0   # ceil(-start / d)
+    hi = -((start - size) // dilation)              # ceil((size - start) / d)
+    return lo, hi if hi < kernel else kernel
+
+
 @cuda.jit
 def max_pool_kernel(x, kernel_size, stride, padding, dilation, y, argmax):
     """One thread per window: scan row-major, replace when value > best or value is NaN."""
     height, width = x.shape[2], x.shape[3]
     for index in range(cuda.grid(1), y.size, cuda.gridsize(1)):
         b, c, i, j = unravel(index, y.shape)
+        row0, col0 = i * stride[0] - padding[0], j * stride[1] - padding[1]
+        u0, u1 = points_inside(row0, dilation[0], kernel_size[0], height)
+        v0, v1 = points_inside(col0, dilation[1], kernel_size[1], width)
         best, best_index = -np.inf, -1
-        for u in range(kernel_size[0]):
-            row = i * stride[0] - padding[0] + u * dilation[0]
-            if row < 0 or row >= height:
-                continue
-            for v in range(kernel_size[1]):
-                col = j * stride[1] - padding[1] + v * dilation[1]
-                if col < 0 or col >= width:
-                    continue
+        for u in range(u0, u1):
+            row = row0 + u * dilation[0]
+            for v in range(v0, v1):
+                col = col0 + v * dilation[1]
                 value = x[b, c, row, col]
                 if best_index < 0 or value > best or math.isnan(value):
                     best, best_index = value, row * width + col
@@ -110,11 +118,17 @@ def avg_unpool_kernel(grad_y, kernel_size, stride, padding, count_include_pad, z
     for index in range(cuda.grid(1), grad_x.size, cuda.gridsize(1)):
         b, c, row, col = unravel(index, grad_x.shape)
         acc = zero
-        for u in range(kernel_size[0]):
+        # Only kernel points u = row + p - i·s of some window i < H_out can hold the pixel:
+        # fewer than H_out·s_h + 1 of them, however large the window.
+        u0, u1 = clipped_span(row + padding[0] - (grad_y.shape[2] - 1) * stride[0],
+                              (grad_y.shape[2] - 1) * stride[0] + 1, kernel_size[0])
+        v0, v1 = clipped_span(col + padding[1] - (grad_y.shape[3] - 1) * stride[1],
+                              (grad_y.shape[3] - 1) * stride[1] + 1, kernel_size[1])
+        for u in range(u0, u1):
             i = source_index(row, u, stride[0], padding[0], 1, grad_y.shape[2])
             if i < 0:
                 continue
-            for v in range(kernel_size[1]):
+            for v in range(v0, v1):
                 j = source_index(col, v, stride[1], padding[1], 1, grad_y.shape[3])
                 if j >= 0:
                     acc += grad_y[b, c, i, j] / avg_divisor(i, j, kernel_size, stride, padding,

@@ -192,6 +192,14 @@ def output_to_grid(grad_y, grid_h, grid_w, grid):
 
 
 # ----------------------------------------------------------------------------- host side
+def _shortest_stride(x_shape, weight_shape, stride, padding, dilation):
+    """The stride, cut to n + 2p - span + 1 where it is longer: an axis with one output
+    (i = 0 only) gives the same numbers for any stride that long, and the cut keeps the
+    s_h × s_w phase images (most of them never read) within the padded input's size."""
+    return tuple(min(s, n + 2 * p - (d * (k - 1) + 1) + 1) for n, k, s, p, d in
+                 zip(x_shape[2:], weight_shape[2:], stride, padding, dilation))
+
+
 def _weights_by_point(weight, groups):
     """w as (kh, kw, G, O_g, C_g): the (O_g × C_g) matrix of each kernel point and group."""
     c_out, c_per_group = weight.shape[:2]
@@ -202,6 +210,7 @@ def _weights_by_point(weight, groups):
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """y (B, C_out, H_out, W_out) = conv2d(x, weight) + bias; see the module docstring."""
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    stride = _shortest_stride(x.shape, weight.shape, stride, padding, dilation)
     grid = _Grid(x.shape, weight.shape, stride, padding, dilation, groups)
     w = _weights_by_point(weight, groups)
     bias = np.zeros(grid.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias)
@@ -239,6 +248,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_g
     grad_x is None when ``need_grad_input`` is false: its products are skipped.
     """
     grad_y, x, weight = (np.ascontiguousarray(a) for a in (grad_y, x, weight))
+    stride = _shortest_stride(x.shape, weight.shape, stride, padding, dilation)
     grid = _Grid(x.shape, weight.shape, stride, padding, dilation, groups)
     w = _weights_by_point(weight, groups)    # (kh, kw, G, O_g, C_g)
     w_t = w.transpose(0, 1, 2, 4, 3)         # (kh, kw, G, C_g, O_g)

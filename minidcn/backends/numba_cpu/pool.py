@@ -19,6 +19,17 @@ from ..reference.conv import output_size
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
 
+@njit(cache=True)
+def points_inside(start, dilation, kernel, size):
+    """[lo, hi): the kernel points u < kernel whose position start + u·d lies in [0, size).
+
+    The scan skips the others (padding): a window far larger than the image costs the
+    image's size, as in torch, not the window's.
+    """
+    lo = max(0, -(start // dilation))               # ceil(-start / d)
+    return lo, min(kernel, -((start - size) // dilation))  # ceil((size - start) / d)
+
+
 @njit(cache=True, parallel=True)
 def max_pool_planes(x, kernel_size, stride, padding, dilation, y, argmax):
     """y, argmax of every window: scan row-major, replace when value > best or value is NaN."""
@@ -27,16 +38,16 @@ def max_pool_planes(x, kernel_size, stride, padding, dilation, y, argmax):
     for plane in prange(batch * channels):
         b, c = plane // channels, plane % channels
         for i in range(out_h):
+            row0 = i * stride[0] - padding[0]
+            u0, u1 = points_inside(row0, dilation[0], kernel_size[0], height)
             for j in range(out_w):
+                col0 = j * stride[1] - padding[1]
+                v0, v1 = points_inside(col0, dilation[1], kernel_size[1], width)
                 best, best_index = -np.inf, -1
-                for u in range(kernel_size[0]):
-                    row = i * stride[0] - padding[0] + u * dilation[0]
-                    if row < 0 or row >= height:
-                        continue
-                    for v in range(kernel_size[1]):
-                        col = j * stride[1] - padding[1] + v * dilation[1]
-                        if col < 0 or col >= width:
-                            continue
+                for u in range(u0, u1):
+                    row = row0 + u * dilation[0]
+                    for v in range(v0, v1):
+                        col = col0 + v * dilation[1]
                         value = x[b, c, row, col]
                         if best_index < 0 or value > best or np.isnan(value):
                             best, best_index = value, row * width + col

@@ -59,10 +59,15 @@ def kernel_point_slices(kernel, stride, dilation, out_size):
             yield u, v, rows, cols
 
 
-def im2col(x, kernel, stride, padding, dilation):
-    """cols (B, C, kh, kw, H_out, W_out) with cols[b, c, u, v, i, j] = x_pad[b, c, u·d_h + i·s_h, v·d_w + j·s_w]."""
+def im2col(x, kernel, stride, padding, dilation, out_size=None):
+    """cols (B, C, kh, kw, H_out, W_out) with cols[b, c, u, v, i, j] = x_pad[b, c, u·d_h + i·s_h, v·d_w + j·s_w].
+
+    ``out_size`` defaults to the convolution's (H_out, W_out); pooling passes its own when
+    it drops the kernel points that read only padding.
+    """
     (ph, pw), (kh, kw) = padding, kernel
-    out_size = output_size(x.shape[2:], kernel, stride, padding, dilation)
+    if out_size is None:
+        out_size = output_size(x.shape[2:], kernel, stride, padding, dilation)
     x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = np.empty(x.shape[:2] + (kh, kw) + out_size, dtype=x.dtype)
     for u, v, rows, columns in kernel_point_slices(kernel, stride, dilation, out_size):
@@ -87,8 +92,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     cols = im2col(x, kernel, stride, padding, dilation)
     out_size = cols.shape[4:]
     # (G, O_g, K) @ (B, G, K, L) -> (B, G, O_g, L): one product per image and group.
-    cols = cols.reshape(batch, groups, -1, out_size[0] * out_size[1])
-    w = weight.reshape(groups, c_out // groups, -1)
+    # Every size is spelled out (no -1): an empty batch leaves nothing to infer it from.
+    rows = x.shape[1] // groups * kernel[0] * kernel[1]
+    cols = cols.reshape(batch, groups, rows, out_size[0] * out_size[1])
+    w = weight.reshape(groups, c_out // groups, rows)
     y = np.matmul(w, cols).reshape((batch, c_out) + out_size)
     if bias is not None:
         y += bias.reshape(1, c_out, 1, 1)
@@ -105,9 +112,10 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_g
     c_out, kernel = weight.shape[0], weight.shape[2:]
     cols = im2col(x, kernel, stride, padding, dilation)
     cols_shape = cols.shape
-    cols = cols.reshape(batch, groups, -1, grad_y.shape[2] * grad_y.shape[3])  # (B, G, K, L)
-    gy = grad_y.reshape(batch, groups, c_out // groups, -1)                     # (B, G, O_g, L)
-    w = weight.reshape(groups, c_out // groups, -1)                              # (G, O_g, K)
+    rows, positions = x.shape[1] // groups * kernel[0] * kernel[1], grad_y.shape[2] * grad_y.shape[3]
+    cols = cols.reshape(batch, groups, rows, positions)                  # (B, G, K, L)
+    gy = grad_y.reshape(batch, groups, c_out // groups, positions)       # (B, G, O_g, L)
+    w = weight.reshape(groups, c_out // groups, rows)                    # (G, O_g, K)
 
     grad_weight = np.matmul(gy, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
     grad_bias = grad_y.sum(axis=(0, 2, 3))
