@@ -354,6 +354,14 @@ def test_linear_forward_and_gradcheck(batch, k, n, bias, seed):
     assert minidcn.gradcheck(F.linear, inputs)
 
 
+def test_linear_weight_given_as_an_array_takes_the_input_dtype():
+    x = Tensor(np.ones((2, 3)), dtype=np.float32)
+    w = np.arange(12).reshape(4, 3)  # int64, as a constant operand of mul would be taken
+    y = F.linear(x, w, bias=[1, 2, 3, 4])
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y.numpy(), np.ones((2, 3)) @ w.T + [1, 2, 3, 4])
+
+
 def test_linear_matches_torch():
     torch = torch_or_skip()
     x, w, b = arrays(15, (4, 3)), arrays(16, (2, 3)), arrays(17, (2,))
@@ -379,6 +387,12 @@ def test_linear_matches_torch():
      "linear: input's last axis must be in_features=2, got shape (2, 3)"),
     (lambda: F.linear(Tensor(np.zeros((2, 3))), Tensor(np.zeros((4, 3))), Tensor(np.zeros(3))),
      ValueError, "linear: bias must have shape (4,), got (3,)"),
+    (lambda: F.linear(Tensor(np.zeros((2, 3)), dtype=np.float32),
+                      Tensor(np.zeros((4, 3)), dtype=np.float64)),
+     TypeError, "linear: all tensors must have one dtype, got input float32, weight float64"),
+    (lambda: F.linear(Tensor(np.zeros((2, 3)), dtype=np.float32), np.zeros((4, 3)),
+                      Tensor(np.zeros(4), dtype=np.float64)),
+     TypeError, "weight float32, bias float64"),
 ])
 def test_matmul_and_linear_errors(call, error, piece):
     with pytest.raises(error, match=pytest_escape(piece)):

@@ -3,6 +3,10 @@ every backend, backend agreement, the properties that tie them together, exact c
 checked against independent formulas, NaN handling and bad input."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -436,6 +440,17 @@ OFFSET = np.zeros((2, 2, 2, 2))
     (lambda: F.deform_roi_pool(Tensor(X, dtype=np.float64), ROIS,
                                Tensor(OFFSET, dtype=np.float32), 2), TypeError, "offset float32"),
     (lambda: F.roi_align(X, "rois", 2), TypeError, "rois must be a Tensor or array-like"),
+    # sample counts computed as the kernels compute them: no overflow to inf or 0, no wrap
+    (lambda: F.roi_align(X, [[0, -1.5e308, 0, 1.5e308, 4e302]], 1, spatial_scale=1e-302),
+     ValueError, "rois row 0 [-1.5e+308, 0.0, 1.5e+308, 4e+302] times spatial_scale=1e-302 "
+                 "would take a 4 x 3e+06 grid"),
+    (lambda: F.deform_roi_pool(X, [[0, -4e9, -4e9, 4e9, 4e9]], None, 1), ValueError,
+     "would take a 8e+09 x 8e+09 grid"),
+    (lambda: F.deform_ps_roi_pool(X, [[1, 0, 0, 1, 1], [0, 0, 5, 4e6, 0]], None, 2, 1.0, 0),
+     ValueError, "rois row 1"),  # 0 rows x 2e6 columns: no samples, but past the axis limit
+    (lambda: F.roi_align(Tensor(X, dtype=np.float32), [[0, -3e38, 0, 3e38, 4]], 1), ValueError,
+     "would take a 4 x 6e+38 grid"),  # numba's float64 count, though float32 makes it inf
+    (lambda: F.roi_align(X, ROIS, (1, 2**62), sampling_ratio=2), ValueError, "output_size"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(call, error, text):
     with pytest.raises(error, match=None) as info:
@@ -443,6 +458,14 @@ def test_bad_input_is_refused_with_a_clear_message(call, error, text):
     assert text in str(info.value)
     assert str(info.value).split(":")[0] in ("roi_align", "roi_pool", "deform_roi_pool",
                                             "deform_ps_roi_pool")
+
+
+def test_any_sampling_ratio_at_most_zero_is_the_adaptive_grid():
+    t = Tensor(X + np.arange(5.0))
+    adaptive = F.roi_align(t, ROIS, 2, sampling_ratio=-1).numpy()
+    for ratio in (0, -2**31 + 1):
+        np.testing.assert_array_equal(F.roi_align(t, ROIS, 2, sampling_ratio=ratio).numpy(),
+                                      adaptive)
 
 
 def test_huge_roi_with_fixed_sampling_ratio_is_fine():
@@ -462,3 +485,81 @@ def test_empty_roi_list():
     assert y.shape == (0, 4, 2, 2)
     y.backward(np.zeros((0, 4, 2, 2)))
     np.testing.assert_array_equal(t.grad.numpy(), 0.0)
+
+
+# ---------------------------------------------------------------------------- no crash
+# Run in a child interpreter: before the RoI ops kept their own rois, these ended in
+# SIGSEGV or "double free or corruption" (numba), IndexError or NaN conversion errors
+# (reference, cuda), or a gradient on the wrong image.  The child prints one line per run.
+CHILD = """
+import sys
+import numpy as np
+import minidcn
+from minidcn import Tensor, nn
+from minidcn import functional as F
+
+backend = sys.argv[1]
+device = "cuda" if backend == "cuda" else "cpu"
+minidcn.set_backend("numba" if backend == "cuda" else backend)
+x0 = np.random.default_rng(0).random((2, 4, 6, 6))
+ops = {
+    "roi_align": lambda x, r: F.roi_align(x, r, 2, sampling_ratio=2),
+    "roi_align adaptive": lambda x, r: F.roi_align(x, r, 2, sampling_ratio=0, aligned=True),
+    "roi_pool": lambda x, r: F.roi_pool(x, r, 2),
+    "deform_roi_pool": lambda x, r: F.deform_roi_pool(x, r, None, 2, sampling_ratio=2),
+    "deform_ps_roi_pool": lambda x, r: F.deform_ps_roi_pool(x, r, None, 2, sampling_ratio=0),
+    "nn.RoIAlign": lambda x, r: nn.RoIAlign(2, 1.0, 2)(x, r),
+}
+changes = {"batch -1e6": (1, 0, -1e6), "batch nan": (0, 0, np.nan), "batch 1": (0, 0, 1.0),
+           "x2 1e308": (0, 3, 1e308), "y1 -inf": (1, 2, -np.inf)}
+
+
+def grad(op, change, as_tensor):
+    x = Tensor(x0).to(device).requires_grad_()
+    rois = np.array([[0, 0, 0, 3, 3.0], [1, 1, 1, 4, 4.0]])
+    if as_tensor:
+        rois = Tensor(rois, dtype=np.float64).to(device)
+    y = ops[op](x, rois)
+    if change:
+        row, col, value = changes[change]
+        (rois.data if as_tensor else rois)[row, col] = value
+    y.sum().backward()
+    return x.grad.to("cpu").numpy()
+
+
+for op in ops:
+    unchanged = grad(op, None, False)
+    for change in changes:
+        for as_tensor in (False, True):
+            same = np.array_equal(grad(op, change, as_tensor), unchanged)
+            print(op, change, "tensor" if as_tensor else "array", "same" if same else "DIFFERENT")
+x = Tensor(x0).to(device)
+for rois, scale in [([[0, -1.5e308, 0, 1.5e308, 4e302]], 1e-302),
+                    ([[0, -1e300, -1e300, 1e300, 1e300]], 1e-290),
+                    ([[0, -4e9, -4e9, 4e9, 4e9]], 1.0)]:
+    for op in ("roi_align", "deform_roi_pool", "deform_ps_roi_pool"):
+        try:
+            getattr(F, op)(x, rois, *([None] if op != "roi_align" else []), 1,
+                           spatial_scale=scale, sampling_ratio=0)
+            print(op, "limit ran")
+        except ValueError as err:
+            print(op, "limit", "same" if str(err).startswith(op + ": rois row 0") else err)
+"""
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_changed_or_absurd_rois_cannot_crash_or_move_the_gradient(backend_name):
+    """The issue's reproductions: rois changed after forward (batch index -1e6, NaN, another
+    image; coordinates 1e308, -inf), as arrays and as Tensors, on every RoI op; then RoIs
+    whose adaptive sample count overflowed float64 or wrapped int64.  The child must exit
+    normally (not by a signal), every gradient must equal the unchanged run, and every
+    absurd RoI must be refused with a ValueError naming rois."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    child = subprocess.run([sys.executable, "-c", CHILD, backend_name], capture_output=True,
+                           text=True, timeout=900, env=env, cwd=root)
+    assert child.returncode == 0, (child.returncode, child.stderr[-3000:])
+    lines = child.stdout.splitlines()
+    assert len(lines) == 6 * 5 * 2 + 3 * 3, child.stdout
+    assert [line for line in lines if not line.endswith(" same")] == []

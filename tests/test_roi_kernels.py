@@ -94,3 +94,35 @@ def test_host_kernels_take_non_contiguous_arrays(kernels):
     assert not any(a.flags.c_contiguous for a in odd)
     for want, got in zip(everything(*arrays), everything(*odd)):
         np.testing.assert_array_equal(got, want)
+
+
+# The sample-count limit in functional/roi.py counts what the kernels will count: the same
+# arithmetic, at every magnitude (where the counts fit an int64, beyond which the kernels'
+# conversion is undefined and the limit refuses anyway).
+COORDINATES = [0.0, 0.3, -7.5, 1e3, -1e6, 3e9, 1e15, -1e30, 3e38, 1e300, -1.5e308, np.inf,
+               np.nan]
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_sample_limit_counts_the_grid_the_kernels_use(dtype, aligned):
+    from minidcn.backends.numba_cpu.roi_pool import _roi_geometry
+    from minidcn.backends.reference.roi_pool import _box, _grid_size
+    from minidcn.functional.roi import _adaptive_grid
+
+    rng = np.random.default_rng(5)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 is inf in float32
+        boxes = np.array([[0, a, b, c, d] for a, b, c, d in rng.choice(COORDINATES, (400, 4))],
+                         dtype)
+        for scale in (1e-302, 1e-10, 0.0625, 1.0, 1e10):
+            output_size = (3, 2)
+            f64_h, f64_w = _adaptive_grid(boxes, output_size, scale, aligned, np.float64)
+            own_h, own_w = _adaptive_grid(boxes, output_size, scale, aligned, dtype)
+            for k in range(len(boxes)):
+                geometry = _roi_geometry(boxes, k, 3, 2, scale, 0, aligned)
+                for mine, theirs in ((f64_h[k], geometry[4]), (f64_w[k], geometry[5])):
+                    if mine < 2**62:
+                        assert mine == theirs, (boxes[k], scale)
+                _, _, roi_h, roi_w = _box(boxes[k], scale, aligned)
+                assert own_h[k] == _grid_size(0, roi_h, 3), (boxes[k], scale)
+                assert own_w[k] == _grid_size(0, roi_w, 2), (boxes[k], scale)

@@ -110,6 +110,11 @@ def test_parameters_state_dict_and_lr_mult():
     (lambda: nn.DeformRoIPool(2, 1.0, 0, 0.1, 3, dtype=np.int32), TypeError, "float32 or float64"),
     (lambda: nn.RoIAlign(2, 1.0, 0.5), TypeError, "sampling_ratio must be an int"),
     (lambda: nn.RoIPool(2, "1"), TypeError, "spatial_scale must be a real number"),
+    (lambda: nn.DeformRoIPool(2**30, 1.0, 0, 0.1, 1), ValueError,
+     "output_size (1073741824, 1073741824) with in_channels=1 and hidden=(256,) makes a head "
+     "weight of about 2**69 entries"),  # was numpy's "array is too big"
+    (lambda: nn.DeformRoIPool(2, 1.0, 0, 0.1, 2**62, hidden=()), ValueError,
+     "in_channels must be at most"),
 ])
 def test_bad_layer_arguments(make, error, text):
     with pytest.raises(error) as info:

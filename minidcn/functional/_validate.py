@@ -15,7 +15,12 @@ from ..tensor import Tensor
 
 
 def as_tensor(fn: str, name: str, value, like: Tensor | None = None) -> Tensor:
-    """A Tensor from a Tensor or array-like; ``like`` fixes dtype and device for constants."""
+    """A Tensor from a Tensor or array-like; ``like`` fixes dtype and device for constants.
+
+    A NumPy array is copied when the Tensor would share its memory: an op may save the
+    Tensor for backward, and the caller may reuse its buffer after forward (an op owns
+    what its backward reads).
+    """
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (np.ndarray, np.generic, numbers.Number, list, tuple)):
@@ -23,7 +28,11 @@ def as_tensor(fn: str, name: str, value, like: Tensor | None = None) -> Tensor:
             t = Tensor(value, dtype=like.dtype if like is not None else None)
         except TypeError as err:
             raise TypeError(f"{fn}: {name} {err}") from None
-        return t.to(like.device) if like is not None else t
+        t = t.to(like.device) if like is not None else t
+        shared = t.device == "cpu" and isinstance(value, np.ndarray)
+        if shared and np.may_share_memory(t.data, value):
+            t = Tensor._from_array(t.data.copy())
+        return t
     raise TypeError(f"{fn}: {name} must be a Tensor or array-like, got {type(value).__name__}")
 
 

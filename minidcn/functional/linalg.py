@@ -6,7 +6,7 @@ import numpy as np
 
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import as_tensor, check_same_dtype
+from ._validate import as_tensor, check_same_device, check_same_dtype
 from .arith import unbroadcast
 from .shape import reshape
 
@@ -60,9 +60,15 @@ def matmul(input, other) -> Tensor:
 
 
 def linear(input, weight, bias=None) -> Tensor:
-    """y = x Wᵀ + b, with x (*, in_features), W (out_features, in_features), b (out_features,)."""
+    """y = x Wᵀ + b, with x (*, in_features), W (out_features, in_features), b (out_features,).
+
+    A weight or bias given as an array takes the input's dtype and device, as a constant
+    operand of mul does."""
     x = as_tensor("linear", "input", input)
-    w = as_tensor("linear", "weight", weight)
+    w = as_tensor("linear", "weight", weight, like=x)
+    b = None if bias is None else as_tensor("linear", "bias", bias, like=x)
+    check_same_dtype("linear", input=x, weight=w, bias=b)
+    check_same_device("linear", input=x, weight=w, bias=b)
     if w.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got {w.shape}")
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
@@ -70,8 +76,7 @@ def linear(input, weight, bias=None) -> Tensor:
             f"linear: input's last axis must be in_features={w.shape[1]}, got shape {x.shape}"
         )
     out = matmul(x, w.T)
-    if bias is not None:
-        b = as_tensor("linear", "bias", bias)
+    if b is not None:
         if b.shape != (w.shape[0],):
             raise ValueError(f"linear: bias must have shape ({w.shape[0]},), got {b.shape}")
         out = out + b

@@ -4,7 +4,8 @@ deform_ps_roi_pool (its position-sensitive R-FCN variant).
 
 Every op takes ``rois`` of shape (K, 5), rows ``[batch_index, x1, y1, x2, y2]`` in image
 coordinates (multiplied by ``spatial_scale`` to reach the feature map), as a Tensor or an
-array; rois are not differentiable.  The exact numbers (rounding, sampling grid, border
+array; rois are not differentiable.  Each op checks and keeps its own copy of the rois, so
+a caller may reuse its buffer as soon as forward returns: backward reads the copy.  The exact numbers (rounding, sampling grid, border
 rules, NaN handling, mmcv's offset gradient) are written out in the reference kernels'
 docstring, ``backends/reference/roi_pool.py``.  This module checks every argument before
 any kernel runs (Numba checks no bounds) and records the ops in the graph.
@@ -16,8 +17,9 @@ Differences from torchvision, all in what is accepted:
 * rois must be a (K, 5) array (torchvision also takes a list of per-image boxes);
 * a bin may take at most ``MAX_SAMPLES_PER_BIN`` samples: a larger ``sampling_ratio**2``
   raises ValueError, and so does, with ``sampling_ratio <= 0``, a RoI so large that its
-  adaptive grid would exceed it (torchvision runs, for minutes to years, or runs out of
-  memory); this catches rois in image coordinates with the spatial_scale forgotten.
+  adaptive grid would exceed it, in total or along one axis (torchvision runs, for minutes
+  to years, or runs out of memory); this catches rois in image coordinates with the
+  spatial_scale forgotten.
 """
 
 from __future__ import annotations
@@ -107,22 +109,29 @@ def _input(fn, input) -> Tensor:
     return x
 
 
-def _rois(fn, rois, x: Tensor) -> Tensor:
-    """rois as a (K, 5) Tensor of x's dtype and device, batch indices checked."""
+def _rois(fn, rois, x: Tensor) -> tuple[Tensor, np.ndarray]:
+    """The op's own copy of rois: a (K, 5) Tensor of x's dtype on x's device, batch
+    indices checked, and the same values as a host array for the other checks.
+
+    Always a copy, whether an array or a Tensor was passed: backward reads the rois again,
+    and a caller that reuses its buffer after forward (a proposal loop does) must not move
+    the gradient to another image, or out of bounds (Numba checks none).
+    """
     r = as_tensor(fn, "rois", rois, like=x)
     check_same_dtype(fn, input=x, rois=r)
     check_same_device(fn, input=x, rois=r)
     if r.ndim != 2 or r.shape[1] != 5:
         raise ValueError(f"{fn}: rois must have shape (K, 5), rows [batch_index, x1, y1, x2, y2], "
                          f"got {r.shape}")
-    index = r.detach().to("cpu").numpy()[:, 0]
+    boxes = np.array(r.detach().to("cpu").numpy(), copy=True)
+    index = boxes[:, 0]
     batch = x.shape[0]
     bad = ~((index >= 0) & (index < batch) & (index == np.floor(index)))  # NaN is bad too
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{fn}: rois[:, 0] must hold integer batch indices in [0, {batch}) "
                          f"(input batch size {batch}); row {k} has {float(index[k])}")
-    return r
+    return Tensor._from_array(boxes).to(x.device), boxes
 
 
 def _scale(fn, spatial_scale) -> float:
@@ -132,30 +141,59 @@ def _scale(fn, spatial_scale) -> float:
     return scale
 
 
-def _check_samples_per_bin(fn, r: Tensor, output_size, spatial_scale, sampling_ratio) -> None:
-    """A bin takes sampling_ratio**2 samples, or with sampling_ratio <= 0
-    ceil(roi_h / ph) * ceil(roi_w / pw): refuse more than MAX_SAMPLES_PER_BIN (non-finite
-    RoIs pool to 0 and take none)."""
+def _shown(n: int) -> str:
+    """An int for a message: exact up to 2**64, else its power of two (Python refuses to
+    print ints of more than 4300 digits)."""
+    return str(n) if abs(n) < 2**64 else f"about 2**{n.bit_length() - 1}"
+
+
+def _adaptive_grid(boxes, output_size, spatial_scale, aligned, dtype):
+    """(grid_h, grid_w) of every RoI as a kernel computes them in ``dtype``: the box size
+    (x2 s - shift) - (x1 s - shift), at least 1 unless aligned, over the bins, rounded up,
+    never below 0, and 0 for a non-finite size.  Float arrays of whole numbers."""
+    b, s = boxes.astype(dtype), dtype(spatial_scale)
+    shift = dtype(0.5 if aligned else 0.0)
+    grids = []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for lo, hi, pooled in ((2, 4, output_size[0]), (1, 3, output_size[1])):
+            size = (b[:, hi] * s - shift) - (b[:, lo] * s - shift)
+            if not aligned:
+                size = np.where(size < 1, dtype(1), size)  # NaN stays NaN
+            grid = np.ceil(size / dtype(pooled))
+            grids.append(np.where(np.isfinite(size), np.maximum(grid, 0), 0))
+    return grids
+
+
+def _check_samples_per_bin(fn, boxes, output_size, spatial_scale, sampling_ratio,
+                           aligned) -> None:
+    """A bin takes sampling_ratio**2 samples, or with sampling_ratio <= 0 an adaptive
+    grid_h x grid_w: refuse more than MAX_SAMPLES_PER_BIN, or more along one axis.
+
+    The grid is computed as the kernels compute it (numba and cuda in float64, the
+    reference in the rois' dtype; the larger of the two counts), one axis at a time, so
+    that no magnitude makes the count overflow, wrap or vanish (non-finite boxes pool to 0
+    and take no samples)."""
     if sampling_ratio > 0:
         if sampling_ratio**2 > MAX_SAMPLES_PER_BIN:
-            raise ValueError(f"{fn}: sampling_ratio={sampling_ratio} takes {sampling_ratio**2} "
-                             f"samples per bin, more than {MAX_SAMPLES_PER_BIN}")
+            raise ValueError(f"{fn}: sampling_ratio={_shown(sampling_ratio)} takes "
+                             f"{_shown(sampling_ratio**2)} samples per bin, more than "
+                             f"{MAX_SAMPLES_PER_BIN}")
         return
-    if r.shape[0] == 0:
+    if boxes.shape[0] == 0:
         return
-    boxes = r.detach().to("cpu").numpy().astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        grid_w = np.ceil((boxes[:, 3] - boxes[:, 1]) * spatial_scale / output_size[1])
-        grid_h = np.ceil((boxes[:, 4] - boxes[:, 2]) * spatial_scale / output_size[0])
-        samples = np.maximum(grid_h, 1) * np.maximum(grid_w, 1)
-        samples = np.where(np.isfinite(samples), samples, 0)
-    if samples.max() > MAX_SAMPLES_PER_BIN:
-        k = int(np.argmax(samples))
+    grid_h, grid_w = (np.maximum(a, b) for a, b in zip(
+        _adaptive_grid(boxes, output_size, spatial_scale, aligned, np.float64),
+        _adaptive_grid(boxes, output_size, spatial_scale, aligned, boxes.dtype.type)))
+    limit = MAX_SAMPLES_PER_BIN
+    with np.errstate(over="ignore"):  # a product past the limit is refused anyway
+        bad = (grid_h > limit) | (grid_w > limit) | (grid_h * grid_w > limit)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{fn}: with sampling_ratio={sampling_ratio} (adaptive), RoI {k} "
-            f"{boxes[k, 1:].tolist()} times spatial_scale={spatial_scale} would take "
-            f"{samples[k]:.3g} samples per bin, more than {MAX_SAMPLES_PER_BIN}; pass "
-            f"sampling_ratio > 0, or check spatial_scale")
+            f"{fn}: rois row {k} {boxes[k, 1:].tolist()} times spatial_scale={spatial_scale} "
+            f"would take a {grid_h[k]:.3g} x {grid_w[k]:.3g} grid of samples per bin "
+            f"(sampling_ratio={sampling_ratio}: adaptive, output_size {tuple(output_size)}), "
+            f"more than {limit}; pass sampling_ratio > 0, or check spatial_scale")
 
 
 def _per_bin(fn, name, value, x: Tensor, rois: Tensor, channels, output_size) -> Tensor:
@@ -178,18 +216,20 @@ def _offset(fn, offset, x: Tensor, rois: Tensor, output_size) -> Tensor:
     return _per_bin(fn, "offset", offset, x, rois, 2, output_size)
 
 
-def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_ratio):
-    """The checks shared by roi_align and the deformable poolings."""
+def _sampled_pool_args(fn, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    """The checks shared by roi_align and the deformable poolings: (x, the op's own rois,
+    output_size, spatial_scale, sampling_ratio), with any sampling_ratio <= 0 passed on as
+    0 (all mean adaptive; a huge negative int would not fit the kernels' int64)."""
     x = _input(fn, input)
-    r = _rois(fn, rois, x)
+    r, boxes = _rois(fn, rois, x)
     output_size = pair(fn, "output_size", output_size, 1)
     check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
     check_elements(fn, "the kernels' per-bin offsets", (r.shape[0], 2) + output_size,
                    "output_size")
     scale = _scale(fn, spatial_scale)
     ratio = check_int(fn, "sampling_ratio", sampling_ratio)
-    _check_samples_per_bin(fn, r, output_size, scale, ratio)
-    return x, r, output_size, scale, ratio
+    _check_samples_per_bin(fn, boxes, output_size, scale, ratio, aligned)
+    return x, r, output_size, scale, max(ratio, 0)
 
 
 # ---------------------------------------------------------------------------- public ops
@@ -211,7 +251,7 @@ def roi_pool(input, rois, output_size, spatial_scale=1.0) -> Tensor:
     """
     fn = "roi_pool"
     x = _input(fn, input)
-    r = _rois(fn, rois, x)
+    r, _ = _rois(fn, rois, x)
     output_size = pair(fn, "output_size", output_size, 1)
     check_elements(fn, "the output", (r.shape[0], x.shape[1]) + output_size, "output_size")
     scale = _scale(fn, spatial_scale)
@@ -238,10 +278,11 @@ def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
         A RoI with a NaN or infinite coordinate gives 0 and no gradient.
     """
     fn = "roi_align"
-    x, r, output_size, scale, ratio = _sampled_pool_args(fn, input, rois, output_size,
-                                                         spatial_scale, sampling_ratio)
     if not isinstance(aligned, (bool, np.bool_)):
         raise TypeError(f"{fn}: aligned must be a bool, got {type(aligned).__name__} {aligned!r}")
+    x, r, output_size, scale, ratio = _sampled_pool_args(fn, input, rois, output_size,
+                                                         spatial_scale, sampling_ratio,
+                                                         bool(aligned))
     return RoIAlign.apply(x, rois=r.data, ops=kernels(x.device), output_size=output_size,
                           spatial_scale=scale, sampling_ratio=ratio, aligned=bool(aligned))
 
@@ -272,7 +313,7 @@ def deform_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samplin
     """
     fn = "deform_roi_pool"
     x, r, output_size, scale, ratio = _sampled_pool_args(fn, input, rois, output_size,
-                                                         spatial_scale, sampling_ratio)
+                                                         spatial_scale, sampling_ratio, True)
     gamma = check_float(fn, "gamma", gamma)
     off = _offset(fn, offset, x, r, output_size)
     m = None if mask is None else _per_bin(fn, "mask", mask, x, r, 1, output_size)
@@ -304,7 +345,7 @@ def deform_ps_roi_pool(input, rois, offset, output_size, spatial_scale=1.0, samp
     """
     fn = "deform_ps_roi_pool"
     x, r, output_size, scale, ratio = _sampled_pool_args(fn, input, rois, output_size,
-                                                         spatial_scale, sampling_ratio)
+                                                         spatial_scale, sampling_ratio, True)
     gamma = check_float(fn, "gamma", gamma)
     bins = output_size[0] * output_size[1]
     if x.shape[1] % bins:

@@ -130,13 +130,17 @@ def getitem(input, index) -> Tensor:
 
 
 def _normalize_index(index):
+    """The index with every array in it the op's own read-only copy: backward scatters
+    through the same index, and a caller reusing its index array after forward must not
+    move the gradient."""
     if isinstance(index, tuple):
         return tuple(_normalize_index(i) for i in index)
     if isinstance(index, Tensor):
         data = index.to("cpu").numpy()
         if not np.all(data == np.round(data)):
             raise TypeError("getitem: a Tensor index must hold whole numbers")
-        return data.astype(np.int64)
-    if isinstance(index, list):
-        return np.asarray(index)
+        index = data.astype(np.int64)
+    if isinstance(index, (list, np.ndarray)):
+        index = np.array(index, copy=True)
+        index.flags.writeable = False
     return index
