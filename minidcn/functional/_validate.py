@@ -81,6 +81,14 @@ tenth of it.  More comes from a mistaken padding or size, and would exhaust the 
 of the machines minidcn is taught on."""
 
 
+def shown_int(n: int) -> str:
+    """An int for a message: exact up to 2**64, else its power of two (Python refuses to
+    print ints of more than 4300 digits, so a refusal of 10**5000 could not be raised)."""
+    if abs(n) < 2**64:
+        return str(n)
+    return f"{'-' if n < 0 else ''}about 2**{abs(n).bit_length() - 1}"
+
+
 def check_int(fn: str, name: str, value, minimum: int | None = None) -> int:
     """An int (Python or NumPy integer, not bool) in [minimum, MAX_INT], or in
     [-MAX_INT, MAX_INT] without a minimum."""
@@ -88,10 +96,10 @@ def check_int(fn: str, name: str, value, minimum: int | None = None) -> int:
         raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {shown_int(value)}")
     if abs(value) > MAX_INT:
         raise ValueError(f"{fn}: {name} must be at most 2**31 - 1 = {MAX_INT} in magnitude "
-                         f"(the kernels' index arithmetic), got {value}")
+                         f"(the kernels' index arithmetic), got {shown_int(value)}")
     return value
 
 
@@ -137,6 +145,7 @@ def check_elements(fn: str, what: str, shape, culprits: str) -> None:
     for n in shape:
         elements *= int(n)  # Python ints: the product cannot wrap
     if elements > MAX_OUTPUT_ELEMENTS:
-        raise ValueError(f"{fn}: {what} would have shape {tuple(int(n) for n in shape)}, "
-                         f"{elements} elements, more than the {MAX_OUTPUT_ELEMENTS} (2**30) an "
+        raise ValueError(f"{fn}: {what} would have shape "
+                         f"({', '.join(shown_int(int(n)) for n in shape)}), "
+                         f"{shown_int(elements)} elements, more than the {MAX_OUTPUT_ELEMENTS} (2**30) an "
                          f"op may allocate; check {culprits}")

@@ -107,25 +107,14 @@ class EmptyNorm(Function):
 
 
 # ---------------------------------------------------------------------------- validation
-def _owned(fn, name, value) -> Tensor:
-    """A Tensor as given; any other array-like as a Tensor holding a copy of it.
-
-    Backward reads the input (for dγ) and the weight (for dx): an array the caller still
-    owns, wrapped without a copy, could be changed between forward and backward."""
-    if isinstance(value, Tensor):
-        return value
-    t = as_tensor(fn, name, value)
-    return Tensor._from_array(t.data.copy()) if isinstance(t.data, np.ndarray) else t
-
-
 def _input_and_affine(fn, input, weight, bias):
     """input as an (N, C, *) Tensor with values, weight and bias as (C,) Tensors or None."""
-    x = _owned(fn, "input", input)
+    x = as_tensor(fn, "input", input)
     if x.ndim < 2:
         raise ValueError(f"{fn}: input must be (N, C, *) with at least 2 dimensions, "
                          f"got {x.ndim}-D with shape {x.shape}")
-    w = None if weight is None else _owned(fn, "weight", weight)
-    b = None if bias is None else _owned(fn, "bias", bias)
+    w = None if weight is None else as_tensor(fn, "weight", weight)
+    b = None if bias is None else as_tensor(fn, "bias", bias)
     check_same_dtype(fn, input=x, weight=w, bias=b)
     check_same_device(fn, input=x, weight=w, bias=b)
     channels = x.shape[1]

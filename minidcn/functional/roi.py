@@ -29,7 +29,7 @@ import numpy as np
 from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor
-from ._validate import (as_tensor, check_elements, check_float, check_int, check_ndim,
+from ._validate import (as_tensor, check_elements, check_float, check_int, check_ndim, shown_int,
                         check_same_device, check_same_dtype, pair)
 
 __all__ = ["roi_pool", "roi_align", "deform_roi_pool", "deform_ps_roi_pool"]
@@ -141,12 +141,6 @@ def _scale(fn, spatial_scale) -> float:
     return scale
 
 
-def _shown(n: int) -> str:
-    """An int for a message: exact up to 2**64, else its power of two (Python refuses to
-    print ints of more than 4300 digits)."""
-    return str(n) if abs(n) < 2**64 else f"about 2**{n.bit_length() - 1}"
-
-
 def _adaptive_grid(boxes, output_size, spatial_scale, aligned, dtype):
     """(grid_h, grid_w) of every RoI as a kernel computes them in ``dtype``: the box size
     (x2 s - shift) - (x1 s - shift), at least 1 unless aligned, over the bins, rounded up,
@@ -175,8 +169,8 @@ def _check_samples_per_bin(fn, boxes, output_size, spatial_scale, sampling_ratio
     and take no samples)."""
     if sampling_ratio > 0:
         if sampling_ratio**2 > MAX_SAMPLES_PER_BIN:
-            raise ValueError(f"{fn}: sampling_ratio={_shown(sampling_ratio)} takes "
-                             f"{_shown(sampling_ratio**2)} samples per bin, more than "
+            raise ValueError(f"{fn}: sampling_ratio={shown_int(sampling_ratio)} takes "
+                             f"{shown_int(sampling_ratio**2)} samples per bin, more than "
                              f"{MAX_SAMPLES_PER_BIN}")
         return
     if boxes.shape[0] == 0:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..functional import deform_roi_pool, reshape, roi_align, roi_pool
 from ..functional._validate import as_tensor, check_float, check_int, pair
-from ..functional.roi import _shown
+from ..functional._validate import shown_int
 from ..tensor import FLOAT_DTYPES
 from .init import generator as pick_generator
 from .layers import Linear, ReLU, Sequential, Sigmoid
@@ -132,10 +132,10 @@ class DeformRoIPool(Module):
         widths = (in_channels * bins,) + self.hidden + (2 * bins,)
         largest = max(a * b for a, b in zip(widths, widths[1:]))  # exact: Python ints
         if largest * np.dtype(dtype).itemsize >= 2**63:
-            ph, pw = (_shown(n) for n in self.output_size)
+            ph, pw = (shown_int(n) for n in self.output_size)
             raise ValueError(f"{name}: output_size ({ph}, {pw}) with in_channels="
-                             f"{_shown(in_channels)} and hidden={self.hidden} makes a head "
-                             f"weight of {_shown(largest)} entries; an array holds less than "
+                             f"{shown_int(in_channels)} and hidden={self.hidden} makes a head "
+                             f"weight of {shown_int(largest)} entries; an array holds less than "
                              f"2**63 bytes")
         self.offset_fc = self._head(in_channels * bins, 2 * bins, rng, dtype)
         self.mask_fc = Sequential(*self._head(in_channels * bins, bins, rng, dtype),
