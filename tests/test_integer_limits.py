@@ -6,6 +6,8 @@ magnitude (torch's own limit for pooling), and no output, zero-padded input or l
 of more than 2**30 elements.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,12 @@ def test_shape_ops_accept_numpy_integers():
     assert F.permute(T, np.array([2, 0, 1])).shape == (4, 2, 3)
     assert F.transpose(T, np.int64(0), -1).shape == (4, 3, 2)
     assert F.reshape(T, np.array([4, -1])).shape == (4, 6)
+
+
+@pytest.mark.parametrize("value, shown", [(10**5000, "got about 2**16609"),
+                                          (-10**5000, "got -about 2**16609")],
+                         ids=["10**5000", "-10**5000"])
+def test_an_integer_too_long_to_print_is_still_refused(value, shown):
+    # Python refuses to print an int of more than 4300 digits; the refusal must not.
+    with pytest.raises(ValueError, match=f"conv2d: (stride|padding) .*{re.escape(shown)}"):
+        F.conv2d(X, W1, stride=value) if value > 0 else F.conv2d(X, W1, padding=value)

@@ -82,9 +82,10 @@ of the machines minidcn is taught on."""
 
 
 def shown_int(n: int) -> str:
-    """An int for a message: exact up to 2**64, else its power of two (Python refuses to
-    print ints of more than 4300 digits, so a refusal of 10**5000 could not be raised)."""
-    if abs(n) < 2**64:
+    """An int for a message: exact up to 2**64 in magnitude, else its power of two (Python
+    refuses to print ints of more than 4300 digits, so a refusal of 10**5000 could not be
+    raised)."""
+    if abs(n) <= 2**64:
         return str(n)
     return f"{'-' if n < 0 else ''}about 2**{abs(n).bit_length() - 1}"
 
