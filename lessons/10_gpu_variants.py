@@ -82,7 +82,7 @@ from minidcn import Tensor
 from minidcn import functional as F
 from minidcn import nn, viz
 from minidcn.backends.cuda import deform_conv as cuda_deform_conv
-from minidcn.backends.cuda.launch import MAX_BLOCKS, THREADS_PER_BLOCK, grid_for
+from minidcn.device.launch import MAX_BLOCKS, THREADS_PER_BLOCK, grid_for
 from minidcn.lessons_support import check, quick, save_figure
 
 rng = np.random.default_rng(10)
@@ -101,7 +101,7 @@ check(cuda.is_available(), "numba.cuda is usable here (the simulator is always a
 #         ... compute element i ...
 #
 # Thread t computes items t, t + T, t + 2T, ... (T threads in all), so the kernel is correct
-# for *any* grid, and `minidcn.backends.cuda.launch.grid_for(n)` only picks a good one:
+# for *any* grid, and `minidcn.device.launch.grid_for(n)` only picks a good one:
 # enough blocks of 128 to give every item its own thread, but at most `MAX_BLOCKS` = 4096
 # of them. Beyond 4096 · 128 = 524,288 items the grid stops growing and each thread loops.
 #

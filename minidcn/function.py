@@ -3,7 +3,7 @@
 Every op in minidcn is a subclass of :class:`Function` with two static methods:
 
 * ``forward(ctx, *args, **params)`` receives raw arrays (``numpy.ndarray`` on the host,
-  :class:`~minidcn.backends.cuda.array.CudaArray` on the device) in place of each Tensor
+  :class:`~minidcn.device.array.CudaArray` on the device) in place of each Tensor
   argument, computes the result and stores on ``ctx`` whatever backward will need;
 * ``backward(ctx, grad_output)`` returns one gradient per positional argument of
   ``forward`` (``None`` for arguments that are not differentiable).

@@ -1,7 +1,7 @@
 """Tensor: an array, the gradient it receives, and the node that made it.
 
 A Tensor wraps ``data``: a ``numpy.ndarray`` on the host ("cpu") or a
-:class:`~minidcn.backends.cuda.array.CudaArray` on the device ("cuda").  Only floating
+:class:`~minidcn.device.array.CudaArray` on the device ("cuda").  Only floating
 point is stored: float32 by default, float64 when the data already is float64.
 
 The graph is implicit.  A tensor produced by an op keeps ``_node`` (the Function, its
@@ -526,6 +526,6 @@ class ToDevice(Function):
 def _move(arr, device):
     if device == "cpu":
         return arr.to_host() if _is_device_array(arr) else arr
-    from .backends.cuda.array import CudaArray
+    from .device.array import CudaArray
 
     return arr if _is_device_array(arr) else CudaArray.from_host(arr)

@@ -5,7 +5,8 @@ a kernel, say).  This script closes that gap in two steps:
 
 1. ``record``: with ``NUMBA_ENABLE_CUDASIM=1``, run every public op on cuda tensors (float32
    and float64, forward and backward) while recording each kernel launch's argument types;
-   fail if a kernel defined in ``minidcn.backends.cuda`` was never launched.
+   fail if a kernel defined in ``minidcn.backends.cuda`` (the op kernels) or
+   ``minidcn.device`` (the device array runtime) was never launched.
 2. ``compile``: with the simulator off, compile every recorded (kernel, types) pair to PTX
    for compute capability 7.5 with ``numba.cuda.compile_ptx``.  No GPU is needed for that,
    only libnvvm from the CUDA toolkit.
@@ -50,19 +51,21 @@ def record(path: str) -> None:
 
 
 def _all_kernels():
-    """(module, name) of every non-device kernel defined in minidcn.backends.cuda."""
+    """(module, name) of every non-device kernel defined in minidcn.backends.cuda or minidcn.device."""
     import importlib
     import pkgutil
 
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
-    import minidcn.backends.cuda as pkg
+    import minidcn.backends.cuda
+    import minidcn.device
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        for name, obj in vars(module).items():
-            if isinstance(obj, FakeCUDAKernel) and not obj._device and obj.fn.__module__ == module.__name__:
-                yield module.__name__, obj.fn.__name__
+    for pkg in (minidcn.backends.cuda, minidcn.device):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            for name, obj in vars(module).items():
+                if isinstance(obj, FakeCUDAKernel) and not obj._device and obj.fn.__module__ == module.__name__:
+                    yield module.__name__, obj.fn.__name__
 
 
 def _workload(dtype) -> None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import mutually_broadcastable_shapes
 
 from minidcn import Tensor
-from minidcn.backends.cuda import array as array_module
-from minidcn.backends.cuda import launch
-from minidcn.backends.cuda.array import CudaArray
+from minidcn.device import array as array_module
+from minidcn.device import launch
+from minidcn.device.array import CudaArray
 
 pytestmark = pytest.mark.cuda
 

@@ -73,7 +73,7 @@ def assert_agree(got, expected, names=("y",) + GRAD_NAMES, tol=1e-10):
 
 
 def on_cuda(a):
-    from minidcn.backends.cuda.array import CudaArray
+    from minidcn.device.array import CudaArray
 
     return CudaArray.from_host(a)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import minidcn
 from minidcn import Tensor, nn
 from minidcn import functional as F
-from minidcn.backends.cuda.array import CudaArray
+from minidcn.device.array import CudaArray
 from minidcn.backends.numba_cpu import norm as numba_norm
 from tests.helpers import gradcheck_on, host, on, run, tensors
 

@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import mutually_broadcastable_shapes
 import minidcn.functional as F
 from helpers import gradcheck_on, host, tensors
 from minidcn import Tensor
-from minidcn.backends.cuda.array import CudaArray
+from minidcn.device.array import CudaArray
 from test_cuda_array import small_grid  # noqa: F401  (autouse: small kernel grids)
 
 pytestmark = pytest.mark.cuda

@@ -3,7 +3,8 @@
 * ``reference`` (``backends/reference``): pure NumPy, written to be read beside the formula.
   It is the oracle every other backend is tested against.
 * ``numba`` (``backends/numba_cpu``): ``@njit`` loops; the default for host tensors.
-* ``cuda`` (``backends/cuda``): ``numba.cuda`` kernels; always used for device tensors.
+* ``cuda`` (``backends/cuda``): ``numba.cuda`` kernels; always used for device tensors.  They
+  take and return the device arrays of ``minidcn.device``, the runtime one layer below.
 
 Each backend package exports the same function names with the same argument order
 (``conv2d_forward``, ``deform_conv2d_backward``, ...), so ``kernels(device)`` returns a

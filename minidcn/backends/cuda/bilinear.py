@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from numba import cuda
 
+from ...device.array import CudaArray
+from ...device.launch import grid_for
 from ..numba_cpu import bilinear as host_bilinear
-from .array import CudaArray
-from .launch import grid_for
 
 __all__ = ["bilinear_sample_forward", "bilinear_sample_backward"]
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from numba import cuda
 
+from ...device.array import CudaArray
+from ...device.launch import grid_for
 from ..reference.conv import output_size
-from .array import CudaArray
-from .launch import grid_for
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 

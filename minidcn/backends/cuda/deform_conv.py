@@ -34,9 +34,9 @@ from __future__ import annotations
 
 from numba import cuda
 
-from .array import CudaArray
+from ...device.array import CudaArray
+from ...device.launch import grid_for
 from .bilinear import bilinear_weights, interpolate, read_pixel
-from .launch import grid_for
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]
 

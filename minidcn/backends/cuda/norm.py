@@ -26,8 +26,8 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from .array import CudaArray
-from .launch import THREADS_PER_BLOCK, grid_for
+from ...device.array import CudaArray
+from ...device.launch import THREADS_PER_BLOCK, grid_for
 
 __all__ = [
     "group_norm_forward",

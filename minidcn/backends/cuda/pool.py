@@ -23,10 +23,10 @@ import math
 import numpy as np
 from numba import cuda
 
+from ...device.array import CudaArray
+from ...device.launch import grid_for
 from ..reference.conv import output_size
-from .array import CudaArray
 from .conv import source_index, unravel
-from .launch import grid_for
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 

@@ -21,9 +21,9 @@ import math
 import numpy as np
 from numba import cuda
 
+from ...device.array import CudaArray
+from ...device.launch import grid_for
 from ..roi_entry_points import entry_points
-from .array import CudaArray
-from .launch import grid_for
 
 __all__ = [
     "roi_pool_forward", "roi_pool_backward",

@@ -3,7 +3,7 @@
 ``unary(op, x, out)`` computes ``out = f(x)``, ``binary(op, x, y, out)`` computes
 ``out = x ∘ y`` and ``where(c, x, y, out)`` computes ``out = x if c else y``, element by
 element.  Every operand and the output are strided views
-(:mod:`minidcn.backends.cuda.strided`) of one shape, so
+(:mod:`minidcn.device.strided`) of one shape, so
 
 * broadcasting is an operand view with stride 0 on the stretched axes (nothing copied);
 * an in-place update (``a += b``, ``np.add.at`` with a basic index) is an output view

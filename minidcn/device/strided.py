@@ -17,7 +17,7 @@ the same data:
   ``None`` inserts an axis of size 1.
 
 The kernels receive views and find each element with :func:`position`, so a broadcast or
-transposed operand costs no copy.  A :class:`~minidcn.backends.cuda.array.CudaArray` always
+transposed operand costs no copy.  A :class:`~minidcn.device.array.CudaArray` always
 owns C-contiguous memory: a view that becomes an array of its own is copied out
 (materialised) by the copy kernel.
 

@@ -1,4 +1,4 @@
-"""Launch configuration shared by every cuda kernel.
+"""Launch configuration shared by every cuda kernel (the runtime's here and the ops' in backends/cuda).
 
 Kernels are written as grid-stride loops::
 

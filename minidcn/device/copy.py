@@ -9,7 +9,7 @@
   the atomic additions varies, so a repeated position's float sum can change in its last
   bits from run to run.
 
-Views are described in :mod:`minidcn.backends.cuda.strided`; each launcher takes views and
+Views are described in :mod:`minidcn.device.strided`; each launcher takes views and
 skips empty work.  Every kernel is a grid-stride loop over its n work items.
 """
 
