@@ -1,6 +1,6 @@
 """Where a tensor's data lives: the host (a NumPy array, "cpu") or the device (a
 :class:`~minidcn.backends.cuda.array.CudaArray`, "cuda"), and the differentiable move
-between the two (``Tensor.to``)."""
+between the two (``Tensor.to``, the Function :class:`ToDevice`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ def common_device(op_name, args) -> str:
             "move them with .to('cpu') or .to('cuda') first"
         )
     return devices.pop() if devices else "cpu"
+
+
+class OnDevice:
+    """Mixed into :class:`~minidcn.Tensor` (it reads ``self.data``): ``t.device``, ``t.to()``."""
+
+    @property
+    def device(self) -> str:
+        return "cuda" if is_device_array(self.data) else "cpu"
+
+    def to(self, device: str):
+        """Move to ``"cpu"`` or ``"cuda"``; differentiable (the gradient moves back)."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"to(): device must be 'cpu' or 'cuda', got {device!r}")
+        return self if device == self.device else ToDevice.apply(self, device=device)
 
 
 class ToDevice(Function):

@@ -1,4 +1,5 @@
-"""Host tensors cross to NumPy and torch without a copy: NumPy's array protocol and DLPack.
+"""Tensors cross to Python, NumPy and torch: ``item()``, ``repr``, ``numpy()``, NumPy's array
+protocol and DLPack (host tensors share their memory, no copy).
 
 :class:`ArrayInterop` is mixed into :class:`~minidcn.Tensor` (it reads ``self.data`` and
 ``self.device``); :func:`from_dlpack` goes the other way.  What crosses is the memory, never
@@ -13,13 +14,25 @@ from .arrays import FLOAT_DTYPES
 
 
 class ArrayInterop:
-    """``numpy()``, ``numpy.asarray(t)`` and ``__dlpack__`` for a host tensor."""
+    """``item()``, ``repr(t)``, ``numpy()``, ``numpy.asarray(t)`` and ``__dlpack__``."""
 
     __array_priority__ = 1000  # ndarray <op> Tensor defers to Tensor's reflected op
     # NumPy ufuncs refuse Tensors (TypeError) instead of converting them through
     # __array__ and silently dropping the graph: np.exp(t) would return an ndarray with no
     # gradient.  This also makes ndarray <op> Tensor defer to the reflected op.
     __array_ufunc__ = None
+
+    def item(self) -> float:
+        if self.numel() != 1:
+            raise ValueError(f"item(): tensor has {self.numel()} elements, expected 1")
+        host = self.data if self.device == "cpu" else self.data.to_host()
+        return float(host.reshape(()))
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        body = np.array2string(self.to("cpu").data if dev else self.data, separator=", ")
+        return f"Tensor({body}, dtype={self.dtype}{dev}{grad})"
 
     def numpy(self) -> np.ndarray:
         """The host array (shared, not copied). A cuda tensor must be moved first."""
