@@ -11,7 +11,8 @@ from .backends import backend, get_backend, set_backend
 from .grad_mode import is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
 from .nn.init import manual_seed
-from .tensor import Tensor, from_dlpack
+from .interop import from_dlpack
+from .tensor import Tensor
 
 __version__ = "0.1.0"
 

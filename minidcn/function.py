@@ -18,12 +18,9 @@ from .grad_mode import is_grad_enabled
 
 
 class Context:
-    """What forward leaves for backward.
-
-    ``save_for_backward(*arrays)`` keeps arrays in ``ctx.saved``; any other attribute
-    (a stride, a shape) can be set directly.  ``needs_input_grad[i]`` says whether the
-    i-th positional argument wants a gradient, so backward can skip work nobody asked for.
-    """
+    """What forward leaves for backward: ``save_for_backward(*arrays)`` keeps arrays in
+    ``ctx.saved``, any other attribute (a stride, a shape) is set directly, and
+    ``needs_input_grad[i]`` says whether the i-th positional argument wants a gradient."""
 
     def __init__(self, needs_input_grad):
         self.needs_input_grad = needs_input_grad
@@ -61,13 +58,9 @@ class Function:
 
 
 class Node:
-    """A recorded application of a Function: the edge list of the autograd graph.
-
-    ``inputs`` are the positional arguments (Tensors, or None where an optional one was
-    left out) and ``params`` the keyword arguments (stride, padding, axes, ...), as given to
-    ``apply``: with both, the graph is a full trace of the forward pass
-    (:func:`minidcn.onnx.export` reads it).
-    """
+    """A recorded application of a Function, the graph's edges: ``inputs`` are the positional
+    arguments (Tensors, or None for a left-out optional one) and ``params`` the keyword ones
+    (stride, ...), as given to ``apply``, so the graph traces the forward pass (ONNX export)."""
 
     __slots__ = ("fn", "ctx", "inputs", "params")
 
