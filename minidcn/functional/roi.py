@@ -43,7 +43,7 @@ class RoIPool(Function):
     @staticmethod
     def forward(ctx, x, rois, ops, output_size, spatial_scale):
         y, ctx.argmax = ops.roi_pool_forward(x, rois, output_size, spatial_scale)
-        ctx.ops, ctx.rois, ctx.input_shape = ops, rois, x.shape
+        ctx.ops, ctx.rois, ctx.input_shape = ops, rois.copy(), x.shape
         return y
 
     @staticmethod
@@ -56,7 +56,7 @@ class RoIAlign(Function):
 
     @staticmethod
     def forward(ctx, x, rois, ops, output_size, spatial_scale, sampling_ratio, aligned):
-        ctx.ops, ctx.rois, ctx.input_shape = ops, rois, x.shape
+        ctx.ops, ctx.rois, ctx.input_shape = ops, rois.copy(), x.shape
         ctx.params = (output_size, spatial_scale, sampling_ratio, aligned)
         return ops.roi_align_forward(x, rois, *ctx.params)
 
@@ -72,7 +72,7 @@ class DeformRoIPool(Function):
     @staticmethod
     def forward(ctx, x, offset, mask, rois, ops, output_size, spatial_scale, sampling_ratio,
                 gamma):
-        ctx.ops, ctx.rois = ops, rois
+        ctx.ops, ctx.rois = ops, rois.copy()
         ctx.params = (output_size, spatial_scale, sampling_ratio, gamma)
         ctx.save_for_backward(x, offset, mask)
         return ops.deform_roi_pool_forward(x, rois, offset, mask, *ctx.params)
@@ -89,7 +89,7 @@ class DeformPSRoIPool(Function):
 
     @staticmethod
     def forward(ctx, x, offset, rois, ops, output_size, spatial_scale, sampling_ratio, gamma):
-        ctx.ops, ctx.rois = ops, rois
+        ctx.ops, ctx.rois = ops, rois.copy()
         ctx.params = (output_size, spatial_scale, sampling_ratio, gamma)
         ctx.save_for_backward(x, offset)
         return ops.deform_ps_roi_pool_forward(x, rois, offset, *ctx.params)
@@ -110,12 +110,13 @@ def _input(fn, input) -> Tensor:
 
 
 def _rois(fn, rois, x: Tensor) -> tuple[Tensor, np.ndarray]:
-    """The op's own copy of rois: a (K, 5) Tensor of x's dtype on x's device, batch
-    indices checked, and the same values as a host array for the other checks.
+    """rois as a checked (K, 5) Tensor of x's dtype on x's device, batch indices checked,
+    and a host copy of its values for the other checks.
 
-    Always a copy, whether an array or a Tensor was passed: backward reads the rois again,
-    and a caller that reuses its buffer after forward (a proposal loop does) must not move
-    the gradient to another image, or out of bounds (Numba checks none).
+    The Tensor is the caller's own when one was passed (so ``minidcn.onnx.export`` can see
+    it is a graph input); each RoI Function's forward then keeps a copy of it for backward:
+    a caller that reuses its buffer after forward (a proposal loop does) must not move the
+    gradient to another image, or out of bounds (Numba checks none).
     """
     r = as_tensor(fn, "rois", rois, like=x)
     check_same_dtype(fn, input=x, rois=r)
@@ -131,7 +132,7 @@ def _rois(fn, rois, x: Tensor) -> tuple[Tensor, np.ndarray]:
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{fn}: rois[:, 0] must hold integer batch indices in [0, {batch}) "
                          f"(input batch size {batch}); row {k} has {float(index[k])}")
-    return Tensor._from_array(boxes).to(x.device), boxes
+    return r, boxes
 
 
 def _scale(fn, spatial_scale) -> float:
