@@ -99,19 +99,19 @@ def bilinear_sample_forward(x, points):
 
 
 def position_gradient(x, points):
-    """dx_c(p)/dp: how each channel's sampled value moves with the point, shape (B, C, P, 2).
+    """dx_c(p)/dp: how each channel's sampled value moves with the point, shape (2, B, C, P).
 
-    [..., 0] = dx(p)/dp_y = Σ_q dG(q, p)/dp_y · x[b, c, q]
-             = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
-    [..., 1] = dx(p)/dp_x, the same with y and x swapped (floor convention, see above).
+    [0] = dx(p)/dp_y = Σ_q dG(q, p)/dp_y · x[b, c, q]
+        = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
+    [1] = dx(p)/dp_x, the same with y and x swapped (floor convention, see above).
     """
     batch, channels, height, width = x.shape
     planes = np.ascontiguousarray(x).reshape(batch, channels, height * width)
-    gradient = np.zeros((batch, channels, points.shape[1], 2), dtype=x.dtype)
+    gradient = np.zeros((2, batch, channels, points.shape[1]), dtype=x.dtype)
     for flat, _, d_dy, d_dx in _neighbours(np.ascontiguousarray(points), height, width):
         value = _gather(planes, flat)  # x[b, c, q], (B, C, P)
-        gradient[..., 0] += d_dy[:, None, :] * value
-        gradient[..., 1] += d_dx[:, None, :] * value
+        gradient[0] += d_dy[:, None, :] * value
+        gradient[1] += d_dx[:, None, :] * value
     return gradient
 
 
@@ -119,15 +119,18 @@ def scatter_to_neighbours(grad_out, shape, points):
     """grad_x[b, c, q] = Σ_p G(q, points[b, p]) grad_out[b, c, p], as an array of ``shape``.
 
     The transpose of sampling: each point hands its gradient back to its four neighbours,
-    weighted as it read them.
+    weighted as it read them.  Many points share a neighbour, so the sum over p is a
+    histogram: ``np.bincount`` adds every term into the slot of its (b, c, q).
     """
     batch, channels, height, width = shape
-    grad_planes = np.zeros((batch, channels, height * width), dtype=grad_out.dtype)
-    image = np.arange(batch)[:, None, None]
-    channel = np.arange(channels)[None, :, None]
+    plane = (np.arange(batch)[:, None, None] * channels + np.arange(channels)[None, :, None])
+    slots, terms = [], []
     for flat, weight, _, _ in _neighbours(np.ascontiguousarray(points), height, width):
-        np.add.at(grad_planes, (image, channel, flat[:, None, :]), weight[:, None, :] * grad_out)
-    return grad_planes.reshape(shape)
+        slots.append(plane * (height * width) + flat[:, None, :])  # (b, c, q) as one index
+        terms.append(weight[:, None, :] * grad_out)  # G(q, p) grad_out[b, c, p]
+    grad_x = np.bincount(np.concatenate(slots, axis=None), np.concatenate(terms, axis=None),
+                         minlength=batch * channels * height * width)
+    return grad_x.astype(grad_out.dtype, copy=False).reshape(shape)
 
 
 def bilinear_sample_backward(grad_out, x, points):
@@ -138,5 +141,5 @@ def bilinear_sample_backward(grad_out, x, points):
     """
     grad_out = np.ascontiguousarray(grad_out, dtype=x.dtype)
     grad_x = scatter_to_neighbours(grad_out, x.shape, points)
-    grad_points = (grad_out[..., None] * position_gradient(x, points)).sum(axis=1)
+    grad_points = np.einsum("bcp,dbcp->bpd", grad_out, position_gradient(x, points))
     return grad_x, grad_points

@@ -147,26 +147,26 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
     for k in range(kh * kw):
         i, j = divmod(k, kw)
         v = bilinear_sample_forward(planes, points[k])  # v_c: (B·G_off, C_in/G_off, P)
-        dv = position_gradient(planes, points[k])  # dv_c/dp: (B·G_off, C_in/G_off, P, [y, x])
+        dv = position_gradient(planes, points[k])  # dv_c/dp: ([y, x], B·G_off, C_in/G_off, P)
         m = 1 if mask is None else _mask_at(mask, k, offset_groups, kh * kw)  # (B·G_off, 1, P)
         w_k = _weight_groups(weight[:, :, i, j], groups)  # (groups, C_out/groups, C_in/groups)
 
-        # u_c = Σ_o w[o, c, k] grad_y[b, o, p]
-        u = np.einsum("goc,bgop->bgcp", w_k, grad_by_group).reshape(v.shape)
-        # grad_w[o, c, k] = Σ_{b, p} grad_y[b, o, p] · m v_c
+        # u_c = Σ_o w[o, c, k] grad_y[b, o, p], a matrix product over o per weight group
+        u = (w_k.swapaxes(-1, -2) @ grad_by_group).reshape(v.shape)
+        # grad_w[o, c, k] = Σ_{b, p} grad_y[b, o, p] · m v_c: a matrix product over p, summed on b
         mv = _by_group(v * m, batch, groups, pixels)
-        grad_weight[:, :, i, j] = np.einsum("bgop,bgcp->goc", grad_by_group, mv).reshape(
+        grad_weight[:, :, i, j] = (grad_by_group @ mv.swapaxes(-1, -2)).sum(axis=0).reshape(
             out_channels, -1)
         # grad_Δm_k = Σ_c u_c v_c
         if mask is not None:
             grad_mask[:, k] = np.einsum("bcp,bcp->bp", u, v)
         # grad_Δp_k = m · Σ_c u_c dv_c/dp, for dy and dx
-        grad_offset[:, k] = np.einsum("bcp,bcpd->bdp", u, dv) * m
+        grad_offset[:, k] = np.einsum("bcp,dbcp->bdp", u, dv) * m
         # grad_x(q) += Σ_p G(q, p) m u_c
         grad_x += scatter_to_neighbours(u * m, planes.shape, points[k])
 
     if grad_mask is not None:
         grad_mask = grad_mask.reshape(mask.shape)
     grad_bias = grad_y.sum(axis=(0, 2, 3))
-    return grad_x.reshape(x.shape), grad_offset.reshape(offset.shape), grad_mask, grad_weight, \
-        grad_bias
+    grad_x, grad_offset = grad_x.reshape(x.shape), grad_offset.reshape(offset.shape)
+    return grad_x, grad_offset, grad_mask, grad_weight, grad_bias
