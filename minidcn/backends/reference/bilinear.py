@@ -119,18 +119,15 @@ def scatter_to_neighbours(grad_out, shape, points):
     """grad_x[b, c, q] = Σ_p G(q, points[b, p]) grad_out[b, c, p], as an array of ``shape``.
 
     The transpose of sampling: each point hands its gradient back to its four neighbours,
-    weighted as it read them.  Many points share a neighbour, so the sum over p is a
-    histogram: ``np.bincount`` adds every term into the slot of its (b, c, q).
+    weighted as it read them (``np.add.at`` adds every term, also where points share q).
     """
     batch, channels, height, width = shape
-    plane = (np.arange(batch)[:, None, None] * channels + np.arange(channels)[None, :, None])
-    slots, terms = [], []
+    grad_planes = np.zeros((batch, channels, height * width), dtype=grad_out.dtype)
+    image = np.arange(batch)[:, None, None]
+    channel = np.arange(channels)[None, :, None]
     for flat, weight, _, _ in _neighbours(np.ascontiguousarray(points), height, width):
-        slots.append(plane * (height * width) + flat[:, None, :])  # (b, c, q) as one index
-        terms.append(weight[:, None, :] * grad_out)  # G(q, p) grad_out[b, c, p]
-    grad_x = np.bincount(np.concatenate(slots, axis=None), np.concatenate(terms, axis=None),
-                         minlength=batch * channels * height * width)
-    return grad_x.astype(grad_out.dtype, copy=False).reshape(shape)
+        np.add.at(grad_planes, (image, channel, flat[:, None, :]), weight[:, None, :] * grad_out)
+    return grad_planes.reshape(shape)
 
 
 def bilinear_sample_backward(grad_out, x, points):
