@@ -414,3 +414,48 @@ save_figure(fig, "04_learned_offsets.png")
 #   or turned copy, the layer found the offsets of the inverse transformation, to well under
 #   a thousandth of a pixel (the distances printed above).
 # * Lesson 05 adds a second learned quantity per point: how much it counts.
+
+# %% [markdown]
+# ## Down the layers
+#
+# The trained layer is three layers of code, each a plain call to the next: the module (`nn/`)
+# holds the weights and calls the functional op; the functional op (`functional/`) checks the
+# arguments and records the call for autograd; the kernel (`backends/`) does the arithmetic,
+# forward and backward. Below, the last trained layer and its learned offsets are run once
+# more, then the same numbers are recomputed one layer down at a time, with the layer's own
+# parameters, and checked equal; each step prints the file to open next. The kernel the layer
+# ran is the active backend's (compiled with numba); the reference backend computes the same
+# numbers in plain NumPy, and its `deform_conv2d_backward` writes out the gradient that moved
+# the offsets in section 3, grad_Δp_k = Σ_c u_c · dv_c/dp (its docstring is printed below).
+
+# %%
+import inspect
+
+from minidcn.backends import kernels, reference
+from minidcn.lessons_support import defined_at
+
+x = Tensor(image[None, None], requires_grad=True)
+offset = Tensor(constant_offset_field(history[-1], SIZE, SIZE), requires_grad=True)
+layer.zero_grad()
+y = layer(x, offset=offset)
+grad_y = rng.standard_normal(y.shape)
+y.backward(grad_y)  # L = Σ grad_y · y
+print("1. module:     ", defined_at(nn.DeformConv2d.forward))
+y_functional = F.deform_conv2d(x, offset, layer.weight, layer.bias, layer.stride, layer.padding,
+                               layer.dilation)
+check(np.array_equal(y_functional.numpy(), y.numpy()),
+      "F.deform_conv2d with the layer's weight, bias and geometry gives the layer's output")
+print("2. functional: ", defined_at(F.deform_conv2d))
+inputs = x.numpy(), offset.numpy(), None, layer.weight.numpy()  # x, offset, mask, weight
+geometry = layer.stride, layer.padding, layer.dilation, 1, 1  # ..., groups, offset_groups
+autograd = x.grad, offset.grad, layer.weight.grad, layer.bias.grad
+for ops in (kernels(), reference):
+    print("3. kernel:     ", defined_at(ops.deform_conv2d_forward))
+    print("               ", defined_at(ops.deform_conv2d_backward))
+    y_kernel = ops.deform_conv2d_forward(*inputs, layer.bias.numpy(), *geometry)
+    grad_x, grad_offset, _, grad_w, grad_b = ops.deform_conv2d_backward(grad_y, *inputs, *geometry)
+    gap = max(np.abs(a - b.numpy()).max() / np.abs(b.numpy()).max()
+              for a, b in zip((y_kernel, grad_x, grad_offset, grad_w, grad_b), (y, *autograd)))
+    check(gap < 1e-12, f"{ops.__name__}: same output and gradients for x, offset, weight, bias "
+                       f"(largest gap {gap:.0e} of the largest value)")
+print(inspect.getdoc(reference.deform_conv2d_backward))

@@ -374,3 +374,48 @@ save_figure(fig, "05_learned_masks.png")
 #   read what is under each point: the masks on distractors fell far below those on the object,
 #   and the layer beat the best plain convolution by a wide margin, something no choice of
 #   weights can do, because a convolution is linear in its input.
+
+# %% [markdown]
+# ## Down the layers
+#
+# As at the end of lesson 04, the trained layer is recomputed one layer of code down at a time,
+# module (`nn/`) → functional op (`functional/`) → kernel (`backends/`), with the layer's own
+# parameters, and checked equal at each step; this time the mask is in play. To receive a
+# gradient of its own, the mask the predictor computes is passed in as an input here. The
+# reference kernel states the mask's gradient as the sum it is, grad_Δm_k = Σ_c u_c · v_c:
+# the sampled values v_c weighted by u_c = Σ_o w[o, c, k] grad_y[o], the gradient that reaches
+# them through the filter (the lines that say so are printed below).
+
+# %%
+import inspect
+
+from minidcn.backends import kernels, reference
+from minidcn.lessons_support import defined_at
+
+x = Tensor(test_x[:2], requires_grad=True)
+offset = Tensor(np.zeros((2, 18) + test_x.shape[2:]), requires_grad=True)  # as in training
+with minidcn.no_grad():
+    mask = Tensor(dcn.mask_conv(x).sigmoid().numpy(), requires_grad=True)
+dcn.zero_grad()
+y = dcn(x, offset=offset, mask=mask)
+grad_y = rng.standard_normal(y.shape)
+y.backward(grad_y)  # L = Σ grad_y · y
+print("1. module:     ", defined_at(nn.DeformConv2d.forward))
+y_functional = F.deform_conv2d(x, offset, dcn.weight, None, dcn.stride, dcn.padding, dcn.dilation,
+                               mask)
+check(np.array_equal(y_functional.numpy(), y.numpy()),
+      "F.deform_conv2d with the layer's weight, geometry and mask gives the layer's output")
+print("2. functional: ", defined_at(F.deform_conv2d))
+inputs = x.numpy(), offset.numpy(), mask.numpy(), dcn.weight.numpy()
+geometry = dcn.stride, dcn.padding, dcn.dilation, 1, 1  # ..., groups, offset_groups
+autograd = x.grad, offset.grad, mask.grad, dcn.weight.grad
+for ops in (kernels(), reference):
+    print("3. kernel:     ", defined_at(ops.deform_conv2d_backward))
+    y_kernel = ops.deform_conv2d_forward(*inputs, None, *geometry)
+    gradients = ops.deform_conv2d_backward(grad_y, *inputs, *geometry)[:4]  # no bias
+    gap = max(np.abs(a - b.numpy()).max() / np.abs(b.numpy()).max()
+              for a, b in zip((y_kernel, *gradients), (y, *autograd)))
+    check(gap < 1e-12, f"{ops.__name__}: same output and gradients for x, offset, mask, weight "
+                       f"(largest gap {gap:.0e} of the largest value)")
+source = inspect.getsource(reference.deform_conv2d_backward).splitlines()
+print(*(line for line in source if "grad_Δm_k" in line or "grad_mask[:, k]" in line), sep="\n")

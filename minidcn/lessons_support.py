@@ -17,6 +17,7 @@ figure is closed; in a notebook it is also shown inline.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -26,7 +27,8 @@ from pathlib import Path
 import minidcn
 
 __all__ = ["lessons_dir", "lesson_files", "lesson_summary", "default_output_dir", "quick",
-           "prepare_output_dir", "figures_dir", "save_figure", "save_gif", "check"]
+           "prepare_output_dir", "figures_dir", "save_figure", "save_gif", "check",
+           "defined_at"]
 
 # Thread settings a lesson process starts with (unless the user set them).  numba's OpenMP
 # workers and OpenBLAS's threads both busy-wait after a parallel region; on two cores each
@@ -189,3 +191,15 @@ def check(condition, message: str) -> None:
     if not condition:
         raise AssertionError(f"lesson check failed: {message}")
     print(f"  ok: {message}")
+
+
+def defined_at(function) -> str:
+    """Where ``function`` is written, for a reader to open it.
+
+    For example ``minidcn/nn/deform.py:89 DeformConv2d.forward``: the file (from the folder
+    that holds the package), the line of the ``def`` and the name.
+    """
+    file = Path(inspect.getsourcefile(function)).resolve()
+    package_root = Path(minidcn.__file__).resolve().parent.parent
+    shown = file.relative_to(package_root) if file.is_relative_to(package_root) else file
+    return f"{shown}:{inspect.getsourcelines(function)[1]} {function.__qualname__}"

@@ -98,23 +98,45 @@ def bilinear_sample_forward(x, points):
     return out
 
 
+def position_gradient(x, points):
+    """dx_c(p)/dp: how each channel's sampled value moves with the point, shape (2, B, C, P).
+
+    [0] = dx(p)/dp_y = Σ_q dG(q, p)/dp_y · x[b, c, q]
+        = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
+    [1] = dx(p)/dp_x, the same with y and x swapped (floor convention, see above).
+    """
+    batch, channels, height, width = x.shape
+    planes = np.ascontiguousarray(x).reshape(batch, channels, height * width)
+    gradient = np.zeros((2, batch, channels, points.shape[1]), dtype=x.dtype)
+    for flat, _, d_dy, d_dx in _neighbours(np.ascontiguousarray(points), height, width):
+        value = _gather(planes, flat)  # x[b, c, q], (B, C, P)
+        gradient[0] += d_dy[:, None, :] * value
+        gradient[1] += d_dx[:, None, :] * value
+    return gradient
+
+
+def scatter_to_neighbours(grad_out, shape, points):
+    """grad_x[b, c, q] = Σ_p G(q, points[b, p]) grad_out[b, c, p], as an array of ``shape``.
+
+    The transpose of sampling: each point hands its gradient back to its four neighbours,
+    weighted as it read them (``np.add.at`` adds every term, also where points share q).
+    """
+    batch, channels, height, width = shape
+    grad_planes = np.zeros((batch, channels, height * width), dtype=grad_out.dtype)
+    image = np.arange(batch)[:, None, None]
+    channel = np.arange(channels)[None, :, None]
+    for flat, weight, _, _ in _neighbours(np.ascontiguousarray(points), height, width):
+        np.add.at(grad_planes, (image, channel, flat[:, None, :]), weight[:, None, :] * grad_out)
+    return grad_planes.reshape(shape)
+
+
 def bilinear_sample_backward(grad_out, x, points):
     """Gradients of L = Σ grad_out · out with respect to x and to the points.
 
-    grad_x[b, c, q] = Σ_p G(q, p) grad_out[b, c, p]            (scatter to the neighbours)
-    grad_points[b, p] = Σ_c grad_out[b, c, p] Σ_q dG(q, p)/dp · x[b, c, q]
+    grad_x[b, c, q]   = Σ_p G(q, p) grad_out[b, c, p]             (``scatter_to_neighbours``)
+    grad_points[b, p] = Σ_c grad_out[b, c, p] · dx_c(p)/dp         (``position_gradient``)
     """
-    grad_out = np.ascontiguousarray(grad_out)
-    x, points = np.ascontiguousarray(x), np.ascontiguousarray(points)
-    batch, channels, height, width = x.shape
-    planes = x.reshape(batch, channels, height * width)
-    grad_planes = np.zeros_like(planes)
-    grad_points = np.zeros(points.shape, dtype=x.dtype)
-    image = np.arange(batch)[:, None, None]
-    channel = np.arange(channels)[None, :, None]
-    for flat, weight, d_dy, d_dx in _neighbours(points, height, width):
-        np.add.at(grad_planes, (image, channel, flat[:, None, :]), weight[:, None, :] * grad_out)
-        grad_times_value = (grad_out * _gather(planes, flat)).sum(axis=1)  # (B, P)
-        grad_points[..., 0] += d_dy * grad_times_value
-        grad_points[..., 1] += d_dx * grad_times_value
-    return grad_planes.reshape(x.shape), grad_points
+    grad_out = np.ascontiguousarray(grad_out, dtype=x.dtype)
+    grad_x = scatter_to_neighbours(grad_out, x.shape, points)
+    grad_points = np.einsum("bcp,dbcp->bpd", grad_out, position_gradient(x, points))
+    return grad_x, grad_points

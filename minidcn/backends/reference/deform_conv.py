@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bilinear import bilinear_sample_backward, bilinear_sample_forward
+from .bilinear import bilinear_sample_forward, position_gradient, scatter_to_neighbours
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]
 
@@ -113,45 +113,60 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
                            offset_groups):
     """Gradients of L = Σ grad_y · y for x, offset, mask, weight and bias.
 
-    With v_k = x(p0 + p_k + Δp_k) the sampled value and u_k = w_kᵀ grad_y the gradient that
-    reaches it through the weights (per weight group), for every kernel point k:
+    Write p = p0 + p_k + Δp_k for the point that output pixel p0 and kernel point k read,
+    v_c = x[b, c](p) its value in channel c and m = Δm_k[b, g, p0] its mask (1 for DCNv1).
+    Each v_c reaches the output through the weights, so first collect what flows back to it:
 
-    * grad_w_k    = Σ_{b, p0} grad_y · (v_k Δm_k)ᵀ
-    * grad_Δm_k   = Σ_{c in the offset group} u_k v_k
-    * grad_x, grad_Δp_k: the bilinear sampling backward of u_k Δm_k
-      (d(p0 + p_k + Δp_k)/dΔp_k = 1, so the offset receives the position gradient);
-    * grad_bias   = Σ_{b, p0} grad_y.
+        u_c = Σ_o w[o, c, k] · grad_y[b, o, p0]          (o over c's weight group)
+
+    Then, with c running over the channels of offset group g:
+
+        grad_w[o, c, k]          = Σ_{b, p0} grad_y[b, o, p0] · m · v_c
+        grad_Δm_k[b, g, p0]      = Σ_c u_c · v_c
+        grad_Δp_k[b, g, p0]      = m · Σ_c u_c · dv_c/dp   (dp/dΔp_k = 1; dv_c/dp from the four
+                                   corners, ``bilinear.position_gradient``), one sum per (dy, dx)
+        grad_x[b, c](q)         += Σ_p0 G(q, p) · m · u_c   (the transpose of the sampling)
+        grad_bias[o]             = Σ_{b, p0} grad_y[b, o, p0]
+
+    Indices in the code: b image, g offset group, c channel within it (planes are
+    (B·G_off, C_in / G_off, ...), so "bg" is one axis), o output channel, p output pixel.
     """
     grad_y, x, offset, mask, weight = _contiguous(grad_y, x, offset, mask, weight)
     batch, (out_channels, _, kh, kw), (out_h, out_w) = x.shape[0], weight.shape, offset.shape[2:]
+    pixels = out_h * out_w
     planes, points = _split_by_offset_group(x, offset, (kh, kw), stride, padding, dilation,
                                             offset_groups)
-    grad_by_group = _by_group(grad_y, batch, groups, out_h * out_w)  # (B, groups, C_out/groups, P)
+    grad_by_group = _by_group(grad_y, batch, groups, pixels)  # (B, groups, C_out/groups, P)
 
-    grad_planes = np.zeros_like(planes)
-    grad_points = np.zeros_like(points)
-    grad_mask = None if mask is None else np.zeros((batch * offset_groups, kh * kw, out_h * out_w),
+    grad_x = np.zeros_like(planes)
+    # Laid out as the layouts say: offset (B, G_off, K, [dy, dx], P), mask (B, G_off, K, P).
+    grad_offset = np.zeros((batch * offset_groups, kh * kw, 2, pixels), dtype=x.dtype)
+    grad_mask = None if mask is None else np.zeros((batch * offset_groups, kh * kw, pixels),
                                                    dtype=x.dtype)
     grad_weight = np.zeros_like(weight)
     for k in range(kh * kw):
         i, j = divmod(k, kw)
-        values = bilinear_sample_forward(planes, points[k])  # v_k
-        mask_k = 1 if mask is None else _mask_at(mask, k, offset_groups, kh * kw)
-        w_k = _weight_groups(weight[:, :, i, j], groups)
-        modulated = _by_group(values * mask_k, batch, groups, out_h * out_w)
-        grad_w_k = (grad_by_group @ modulated.swapaxes(-1, -2)).sum(axis=0)
-        grad_weight[:, :, i, j] = grad_w_k.reshape(out_channels, -1)
-        grad_values = (w_k.swapaxes(-1, -2) @ grad_by_group).reshape(values.shape)  # u_k
-        if mask is not None:
-            grad_mask[:, k] = (grad_values * values).sum(axis=1)
-        grad_planes_k, grad_points[k] = bilinear_sample_backward(grad_values * mask_k, planes,
-                                                                 points[k])
-        grad_planes += grad_planes_k
+        v = bilinear_sample_forward(planes, points[k])  # v_c: (B·G_off, C_in/G_off, P)
+        dv = position_gradient(planes, points[k])  # dv_c/dp: ([y, x], B·G_off, C_in/G_off, P)
+        m = 1 if mask is None else _mask_at(mask, k, offset_groups, kh * kw)  # (B·G_off, 1, P)
+        w_k = _weight_groups(weight[:, :, i, j], groups)  # (groups, C_out/groups, C_in/groups)
 
-    # points were (K, B·G_off, H_out·W_out, [dy, dx]); offset is (B, G_off·K·2, H_out, W_out)
-    grad_offset = grad_points.reshape(kh * kw, batch, offset_groups, out_h * out_w, 2)
-    grad_offset = grad_offset.transpose(1, 2, 0, 4, 3).reshape(offset.shape)
+        # u_c = Σ_o w[o, c, k] grad_y[b, o, p], a matrix product over o per weight group
+        u = (w_k.swapaxes(-1, -2) @ grad_by_group).reshape(v.shape)
+        # grad_w[o, c, k] = Σ_{b, p} grad_y[b, o, p] · m v_c: a matrix product over p, summed on b
+        mv = _by_group(v * m, batch, groups, pixels)
+        grad_weight[:, :, i, j] = (grad_by_group @ mv.swapaxes(-1, -2)).sum(axis=0).reshape(
+            out_channels, -1)
+        # grad_Δm_k = Σ_c u_c v_c
+        if mask is not None:
+            grad_mask[:, k] = np.einsum("bcp,bcp->bp", u, v)
+        # grad_Δp_k = m · Σ_c u_c dv_c/dp, for dy and dx
+        grad_offset[:, k] = np.einsum("bcp,dbcp->bdp", u, dv) * m
+        # grad_x(q) += Σ_p G(q, p) m u_c
+        grad_x += scatter_to_neighbours(u * m, planes.shape, points[k])
+
     if grad_mask is not None:
         grad_mask = grad_mask.reshape(mask.shape)
     grad_bias = grad_y.sum(axis=(0, 2, 3))
-    return grad_planes.reshape(x.shape), grad_offset, grad_mask, grad_weight, grad_bias
+    grad_x, grad_offset = grad_x.reshape(x.shape), grad_offset.reshape(offset.shape)
+    return grad_x, grad_offset, grad_mask, grad_weight, grad_bias
