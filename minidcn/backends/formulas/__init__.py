@@ -1,0 +1,33 @@
+"""Scalar formulas written once, in plain Python, and compiled for each target.
+
+A formula that two backends need (the bilinear weights and their derivatives, the corner
+reads, the RoI bin geometry, the pooling window, ...) lives in one module of this package
+as an ordinary Python function of scalars.  Each backend compiles it for its own target:
+
+* ``numba_cpu`` with :func:`for_cpu`, an ``@njit`` function inlined into the CPU loops;
+* ``cuda`` with :func:`for_gpu`, a CUDA device function inlined into the kernels.
+
+Neither compile happens here at import: ``for_gpu`` imports ``numba.cuda`` only when a cuda
+backend module asks for it, and numba compiles a device function lazily, when the first
+kernel that calls it is compiled, so no driver is needed to import a backend.  The
+``reference`` backend, written in NumPy to be read, states the same formulas over whole
+arrays.
+"""
+
+from __future__ import annotations
+
+__all__ = ["for_cpu", "for_gpu"]
+
+
+def for_cpu(formula):
+    """``formula`` as an ``@njit`` function that numba inlines into its callers."""
+    from numba import njit
+
+    return njit(inline="always", cache=True)(formula)
+
+
+def for_gpu(formula):
+    """``formula`` as a CUDA device function, inlined into the kernels that call it."""
+    from numba import cuda
+
+    return cuda.jit(device=True, inline=True)(formula)
