@@ -78,11 +78,11 @@ class Tensor(OnDevice, ArrayInterop):
         if grad is None:
             if self.numel() != 1:
                 raise ValueError("backward(): grad can be omitted only for a single-element "
-                                 f"tensor, this one has shape {self.shape}; pass grad= of "
-                                 "that shape")
+                                 f"tensor, this one has shape {self.shape}; pass grad=")
             grad = Tensor(np.ones(self.shape, dtype=self.dtype)).to(self.device).data
         else:
-            g = grad if isinstance(grad, Tensor) else Tensor(grad, dtype=self.dtype)
+            from .functional._validate import as_tensor  # names grad when it is not numeric
+            g = as_tensor("backward()", "grad", grad)
             if g.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {g.shape}, expected {self.shape}")
             if g.device != self.device:
