@@ -162,8 +162,11 @@ def test_input_errors():
     (dict(max_entries=-1), ValueError, "gradcheck: max_entries must be >= 0, got -1"),
     (dict(max_entries=2.5), TypeError, "gradcheck: max_entries must be an int, got float 2.5"),
     (dict(directions=-1), ValueError, "gradcheck: directions must be >= 0, got -1"),
+    (dict(directions=2**20, max_entries=0), ValueError,
+     "gradcheck: directions must be <= 65536 (each costs two calls of fn), got 1048576"),
     (dict(directions=2**40, max_entries=0), ValueError,
-     "gradcheck: directions must be <= 65536 (each costs two calls of fn), got 1099511627776"),
+     "gradcheck: directions must be at most 2**31 - 1 = 2147483647 in magnitude (the kernels' "
+     "index arithmetic), got 1099511627776"),
     (dict(max_entries=0, directions=0), ValueError,
      "gradcheck: input 0 has 6 elements, more than max_entries=0, so it is checked along "
      "random directions, but directions=0 would check none; give directions >= 1 or "
