@@ -385,7 +385,7 @@ def test_bad_input_is_rejected_before_any_kernel_runs(monkeypatch, changes, erro
     def no_kernels(device):
         raise AssertionError("a kernel was looked up before validation finished")
 
-    monkeypatch.setattr(minidcn.functional.deform, "kernels", no_kernels)
+    monkeypatch.setattr(minidcn.functional.deform_conv, "kernels", no_kernels)
     with pytest.raises(error, match=message):
         F.deform_conv2d(**{**good_arguments(), **changes})
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional import deform_conv2d, sampling_locations, sigmoid
+from ..functional import sampling_locations, sigmoid
 from ..functional._validate import as_tensor, check_float, check_int
+from ..functional.deform_conv import checked_deform_conv2d
 from ..tensor import FLOAT_DTYPES
 from .conv import Conv2d
 from .init import generator as pick_generator
@@ -93,21 +94,12 @@ class DeformConv2d(Conv2d):
         ``mask`` to sigmoid(mask predictor); pass either to use your own (an external mask
         also works on a layer built with ``modulated=False``).
         """
-        kh, kw = self.kernel_size
         if offset is None:
             offset = self.offset_conv(x)
-        else:
-            offset = as_tensor("DeformConv2d", "offset", offset)
-            wanted = 2 * self.offset_groups * kh * kw
-            if offset.ndim != 4 or offset.shape[1] != wanted:
-                raise ValueError(
-                    f"DeformConv2d: offset must have shape (B, {wanted}, H_out, W_out) "
-                    f"(2 * offset_groups {self.offset_groups} * {kh} * {kw} channels), "
-                    f"got {offset.shape}")
         if mask is None and self.modulated:
             mask = sigmoid(self.mask_conv(x))
-        y = deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
-                          self.dilation, mask)
+        y = checked_deform_conv2d("DeformConv2d", x, offset, self.weight, self.bias, self.stride,
+                                  self.padding, self.dilation, mask, self.offset_groups)
         self.last_sampling_locations = sampling_locations(
             offset, self.kernel_size, self.stride, self.padding, self.dilation)
         self.last_mask = None if mask is None else (
