@@ -23,7 +23,10 @@ __all__ = ["bilinear_kernel", "bilinear_sample"]
 
 
 class BilinearSample(Function):
-    """out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q]; gradients for x and the points."""
+    """out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q]; gradients for x and the points.
+
+    ``ops`` is the backend that ``backends.kernels(device)`` picked; its ``bilinear.py``
+    (``backends/numba_cpu/`` by default, ``reference/`` or ``cuda/``) holds both kernels."""
 
     @staticmethod
     def forward(ctx, x, points, ops):

@@ -37,8 +37,11 @@ __all__ = ["deform_conv2d", "sampling_locations"]
 class DeformConv2d(Function):
     """y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b; gradients for all five inputs.
 
-    An empty batch (B = 0) skips the kernels, as torchvision's do: the output is empty and
-    every gradient is zero (empty for input, offset and mask)."""
+    ``ops`` is the backend that ``backends.kernels(device)`` picked: its ``deform_conv.py``
+    (``backends/numba_cpu/`` by default, ``reference/`` or ``cuda/``) holds both kernels, with
+    this argument order and gradients in the same order.  An empty batch (B = 0) skips the
+    kernels, as torchvision's do: the output is empty and every gradient is zero (empty for
+    input, offset and mask)."""
 
     @staticmethod
     def forward(ctx, x, offset, mask, weight, bias, ops, stride, padding, dilation, groups,
