@@ -184,6 +184,7 @@ xb = Tensor(batch)
 for stride, padding, dilation in ((1, 1, 1), (2, 1, 1), (1, 2, 2)):
     layer = nn.DeformConv2d(3, 5, 3, stride=stride, padding=padding, dilation=dilation,
                             generator=rng, dtype=np.float64)
+    layer.record_sampling = True  # keep host copies of the positions each forward samples
     deformable = layer(xb)
     plain = F.conv2d(xb, layer.weight, layer.bias, stride, padding, dilation)
     zero = layer(xb, offset=np.zeros(deformable.shape[:1] + (18,) + deformable.shape[2:]))
@@ -307,7 +308,8 @@ for name, T in transforms.items():
     layer = nn.DeformConv2d(1, 8, 3, padding=1, generator=np.random.default_rng(7),
                             dtype=np.float64)
     copy, target, history, losses, true_offsets = learn_offsets(name, T, layer)
-    with minidcn.no_grad():  # one more forward with the final offsets, to read the locations
+    # one more forward with the final offsets, recording the locations it samples
+    with minidcn.no_grad(), nn.recording_sampling(layer):
         layer(Tensor(image[None, None]), offset=constant_offset_field(history[-1], SIZE, SIZE))
     learned_points = layer.last_sampling_locations[0, 0]  # (9, H, W, 2): p0 + p_k + Δp_k
     learned = learned_points - pixels.reshape(1, SIZE, SIZE, 2) - unit_points[:, None, None, :]

@@ -207,7 +207,7 @@ def dcn_forward(x):
     return dcn(Tensor(x), offset=np.zeros((x.shape[0], 18) + x.shape[2:]))
 
 
-with minidcn.no_grad():
+with minidcn.no_grad(), nn.recording_sampling(dcn):  # keep the mask this forward uses
     dcn_forward(test_x)
 check(np.all(dcn.last_mask == 0.5), "before training every mask is sigmoid(0) = 1/2")
 
@@ -243,7 +243,8 @@ check(dcn_test < plain_test / 3, "the modulated layer's test error is less than 
 # %% [markdown]
 # ## 3. What the mask learned
 #
-# Run the trained layer on the test images and read, for every sampling point, its mask
+# Run the trained layer on the test images, recording what it samples
+# (`nn.recording_sampling`), and read, for every sampling point, its mask
 # (`last_mask`) and where it lands (`last_sampling_locations`). The offsets are zero, so every
 # point lands on a pixel; we sort the points by what is under them:
 #
@@ -255,7 +256,7 @@ check(dcn_test < plain_test / 3, "the modulated layer's test error is less than 
 # Points in the zero padding outside the image are left out.
 
 # %%
-with minidcn.no_grad():
+with minidcn.no_grad(), nn.recording_sampling(dcn):
     dcn_forward(test_x)
 points = dcn.last_sampling_locations[:, 0]  # (N, 9, H, W, 2), integer-valued here
 masks = dcn.last_mask[:, 0]  # (N, 9, H, W)

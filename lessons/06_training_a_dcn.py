@@ -181,7 +181,8 @@ check(gap < 1e-5, "at initialisation the DCN computes what the plain CNN compute
 # the plain CNN and the DCN the same initial weights and the same order of batches.
 #
 # While the DCN trains we watch one unit: the centre unit (3, 3) of the last deformable
-# layer, on four fixed test images. After every epoch we run the network on them and read
+# layer, on four fixed test images. After every epoch we run the network on them, recording
+# what it samples (`nn.recording_sampling`; training itself keeps no copies), and read
 # the layer's `last_sampling_locations`: the nine points p0 + p_k + Δp_k the unit read. They
 # are in the 7×7 coordinates of the layer's input; two 2×2 max-pools lie below, so feature
 # cell u covers image pixels 4u .. 4u + 3, and we draw it at the block's centre, 4u + 1.5.
@@ -200,7 +201,7 @@ def to_image(feature_points):
 def watched_points(model):
     """The last deformable layer's sampling points for UNIT on each watched image,
     (4, 9, 2) in image pixels, read from the layer after a forward pass."""
-    with no_grad():
+    with no_grad(), nn.recording_sampling(model):
         model(network_input(WATCHED_IMAGES))
     locations = deformable_layers(model)[-1].last_sampling_locations  # (B, 1, 9, H, W, 2)
     return to_image(locations[:, 0, :, UNIT[0], UNIT[1], :])
@@ -367,7 +368,7 @@ print(f"after training, the watched unit's offsets |Δp_k| on the four images: m
       f"{moved.mean():.3f}, largest {moved.max():.3f} feature cells "
       f"({STRIDE * moved.mean():.2f} and {STRIDE * moved.max():.2f} image pixels)")
 check(moved.max() > 0.05, "training moved the sampling points away from the regular grid")
-with no_grad():
+with no_grad(), nn.recording_sampling(dcn):
     dcn(network_input(test_strong.images))  # every unit, every strong test image
 for i, layer in enumerate(deformable_layers(dcn), start=1):
     lengths = np.linalg.norm(layer.last_sampling_locations[:, 0] - regular_grid[:, 0], axis=-1)

@@ -194,8 +194,8 @@ models = {seed: train_network(seed) for seed in SEEDS}
 #
 # `minidcn.receptive_field.backtrack(offsets, units, kernel_points)` does exactly this, one
 # layer at a time from the top; read it, it is twenty lines. The offsets Δp_k come from the
-# layers themselves: each `DeformConv2d` keeps the absolute positions it sampled in
-# `last_sampling_locations`, and the offsets are those positions minus the regular grid
+# layers themselves: a `DeformConv2d` run inside `with nn.recording_sampling(model):` keeps
+# the absolute positions it sampled in `last_sampling_locations`, and the offsets are those positions minus the regular grid
 # q + p_k (`functional.sampling_locations` of zero offsets).
 
 # %%
@@ -211,7 +211,7 @@ def sampling_locations(model, images, batch=100):
     unit (y, x) read (the layers' ``last_sampling_locations``, one chunk at a time)."""
     layers = deformable_layers(model)
     per_layer = [[] for _ in layers]
-    with no_grad():
+    with no_grad(), nn.recording_sampling(model):
         for i in range(0, len(images), batch):
             model(network_input(images[i:i + batch]))
             for kept, layer in zip(per_layer, layers):

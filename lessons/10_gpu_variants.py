@@ -299,7 +299,7 @@ mask_host = rng.uniform(0.0, 1.0, (BATCH, OFFSET_GROUPS * points_per_window, SIZ
                         ).astype(np.float32)
 grad_y_host = rng.standard_normal((BATCH, OUT_CHANNELS, SIZE, SIZE)).astype(np.float32)
 
-with minidcn.no_grad():
+with minidcn.no_grad(), nn.recording_sampling(layer):
     layer(Tensor(x_host), offset=Tensor(offset_host), mask=Tensor(mask_host))
 locations = layer.last_sampling_locations  # (B, G_off, K, H_out, W_out, 2), the points sampled
 print("sampling locations:", locations.shape)
@@ -672,6 +672,7 @@ def module_run(module, x, grad_y, device):
 if not quick():
     dcn = nn.DeformConv2d(2, 3, 3, padding=1, offset_groups=2, modulated=True, generator=rng,
                           dtype=np.float64)
+    dcn.record_sampling = True  # the print below reads the cuda forward's offsets and mask
     for predictor in (dcn.offset_conv, dcn.mask_conv):
         predictor.weight.data = rng.normal(0.0, 0.25, predictor.weight.shape)
     x_small = rng.standard_normal((1, 2, 5, 5))

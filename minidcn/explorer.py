@@ -121,7 +121,7 @@ def explorer_data(model, images, inputs=None, batch: int = 50) -> dict:
     shown, inputs = _images(images, inputs)
     per_layer = [[] for _ in layers]
     masks = [[] for _ in layers]
-    with no_grad():
+    with no_grad(), nn.recording_sampling(model):
         for i in range(0, len(inputs), batch):
             model(Tensor(inputs[i:i + batch]))
             for kept, mask, layer in zip(per_layer, masks, layers):

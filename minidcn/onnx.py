@@ -110,10 +110,10 @@ def _conv(g, node, x, w, b):
                   pads=[ph, pw, ph, pw], dilations=[dh, dw], group=node.params["groups"])
 
 
-def _deform_conv(g, node, x, offset, w, mask, b):
+def _deform_conv(g, node, x, offset, mask, w, b):
     p = node.params
     (sh, sw), (ph, pw), (dh, dw) = p["stride"], p["padding"], p["dilation"]
-    kh, kw = node.inputs[2].shape[2:]
+    kh, kw = node.inputs[3].shape[2:]
     inputs = [x, w, offset] + ([b or "", mask] if mask else [b] if b else [])
     return g.node("DeformConv", inputs, kernel_shape=[kh, kw], strides=[sh, sw],
                   pads=[ph, pw, ph, pw], dilations=[dh, dw], group=p["groups"],

@@ -49,7 +49,8 @@ def backtrack(offsets, units, kernel_points) -> np.ndarray:
     Args:
         offsets: a list with one array (N, K, H, W, 2) per stride-1 deformable layer, bottom
             layer first: the offset (dy, dx) = Δp_k(q) of kernel point k at output unit q of
-            image n.  ``layer.last_sampling_locations[:, 0]`` minus the regular grid
+            image n.  ``layer.last_sampling_locations[:, 0]`` (recorded by a forward inside
+            ``with minidcn.nn.recording_sampling(model):``) minus the regular grid
             (:func:`minidcn.functional.sampling_locations` of zero offsets) gives it.
         units: (N, 2) integers, the (y, x) of the top-layer unit followed in each image.
         kernel_points: (K, 2) the kernel's regular grid p_k relative to the unit, e.g.

@@ -186,7 +186,7 @@ def test_bad_input_is_rejected_before_any_kernel_runs(monkeypatch, x, points, er
     def no_kernels(device):
         raise AssertionError("a kernel was looked up before validation finished")
 
-    monkeypatch.setattr(minidcn.functional.deform, "kernels", no_kernels)
+    monkeypatch.setattr(minidcn.functional.bilinear, "kernels", no_kernels)
     with pytest.raises(error, match=message):
         F.bilinear_sample(x, points)
 

@@ -385,7 +385,7 @@ def test_bad_input_is_rejected_before_any_kernel_runs(monkeypatch, changes, erro
     def no_kernels(device):
         raise AssertionError("a kernel was looked up before validation finished")
 
-    monkeypatch.setattr(minidcn.functional.deform, "kernels", no_kernels)
+    monkeypatch.setattr(minidcn.functional.deform_conv, "kernels", no_kernels)
     with pytest.raises(error, match=message):
         F.deform_conv2d(**{**good_arguments(), **changes})
 
@@ -451,6 +451,7 @@ def loss_of(m, seed):
 def test_layer_at_initialisation_is_a_plain_convolution():
     with minidcn.backend("reference"):
         m = layer(stride=2, dilation=(1, 2))
+        m.record_sampling = True
         out = host(m(X))
         plain = host(F.conv2d(X, m.weight, m.bias, stride=2, padding=1, dilation=(1, 2), groups=2))
     np.testing.assert_allclose(out, plain, rtol=0, atol=1e-12)
@@ -463,11 +464,34 @@ def test_layer_at_initialisation_is_a_plain_convolution():
 def test_modulated_layer_starts_with_mask_one_half():
     with minidcn.backend("reference"):
         m = layer(modulated=True)
+        m.record_sampling = True
         out = host(m(X))
         without_bias = host(F.conv2d(X, m.weight, None, padding=1, groups=2))
     expected = 0.5 * without_bias + host(m.bias)[:, None, None]
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
     assert m.last_mask.shape == (2, 2, 9, 5, 6) and np.all(m.last_mask == 0.5)
+
+
+def test_sampling_is_recorded_only_when_asked():
+    with minidcn.backend("reference"):
+        m = layer(modulated=True)
+        m(X)
+        with pytest.raises(RuntimeError, match="DeformConv2d: last_sampling_locations is kept "
+                                               "only by a forward run with recording on"):
+            m.last_sampling_locations
+        model = nn.Sequential(m, nn.ReLU())
+        with nn.recording_sampling(model):
+            model(X)
+        assert not m.record_sampling  # the flag is restored, the recording stays readable
+        np.testing.assert_array_equal(m.last_sampling_locations,
+                                      F.sampling_locations(np.zeros((2, 36, 5, 6)), 3, 1, 1, 1))
+        assert m.last_mask.shape == (2, 2, 9, 5, 6)
+        m(X)  # a forward without recording forgets the last one: no stale plot
+        with pytest.raises(RuntimeError, match="DeformConv2d: last_mask is kept only"):
+            m.last_mask
+    with pytest.raises(TypeError, match="recording_sampling: model must be a Module"):
+        with nn.recording_sampling(lambda x: x):
+            pass
 
 
 def test_layer_default_init_and_parameters():
@@ -491,6 +515,7 @@ def test_layer_accepts_external_offsets_and_masks():
     offset, mask = rng.standard_normal((2, 36, 5, 6)), rng.uniform(0, 1, (2, 18, 5, 6))
     with minidcn.backend("reference"):
         m = layer()
+        m.record_sampling = True
         out = host(m(X, offset=offset, mask=mask))
         expected = host(F.deform_conv2d(X, offset, m.weight, m.bias, padding=1, mask=mask))
         np.testing.assert_array_equal(m.last_mask, mask.reshape(2, 2, 9, 5, 6))

@@ -62,7 +62,7 @@ def embedded(path):
 def library_offsets(model, images):
     """The deformable layers' offsets (N, 9, h, w, 2), bottom first, and masks, by hand."""
     layers = [m for m in model if isinstance(m, nn.DeformConv2d)]
-    with no_grad():
+    with no_grad(), nn.recording_sampling(model):
         model(Tensor(images))
     h, w = layers[0].last_sampling_locations.shape[3:5]
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

@@ -12,6 +12,7 @@ from .reduction import mean, sum
 from .shape import flatten, getitem, permute, reshape, transpose
 from .conv import *  # noqa: F401,F403  conv2d
 from .pooling import *  # noqa: F401,F403  max_pool2d, avg_pool2d
-from .deform import *  # noqa: F401,F403  bilinear_sample, bilinear_kernel, deform_conv2d
+from .bilinear import *  # noqa: F401,F403  bilinear_kernel, bilinear_sample
+from .deform_conv import *  # noqa: F401,F403  deform_conv2d, sampling_locations
 from .roi import *  # noqa: F401,F403  roi_pool, roi_align, deform_roi_pool, deform_ps_roi_pool
 from .norm import *  # noqa: F401,F403  group_norm, batch_norm, layer_norm, instance_norm

@@ -34,10 +34,6 @@ from ._validate import as_tensor, check_float, check_int, check_same_device, che
 __all__ = ["group_norm", "batch_norm", "layer_norm", "instance_norm"]
 
 
-def _device(array) -> str:
-    return "cpu" if isinstance(array, np.ndarray) else "cuda"
-
-
 def _wanted(ctx, grads):
     """(grad_x, grad_weight, grad_bias), None for a weight or bias that was not given."""
     grad_x, grad_weight, grad_bias = grads
@@ -49,9 +45,9 @@ class GroupNorm(Function):
     """y = γ_c (x - μ_ng) r_ng + β_c;  dx, dγ, dβ by the closed-form backward kernel."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, num_groups, eps):
-        ctx.kernels = kernels(_device(x))
-        y, mean, rstd = ctx.kernels.group_norm_forward(x, num_groups, weight, bias, eps)
+    def forward(ctx, x, weight, bias, ops, num_groups, eps):
+        ctx.ops = ops
+        y, mean, rstd = ops.group_norm_forward(x, num_groups, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.num_groups = num_groups
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -60,8 +56,8 @@ class GroupNorm(Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, mean, rstd = ctx.saved
-        return _wanted(ctx, ctx.kernels.group_norm_backward(grad, x, mean, rstd, weight,
-                                                            ctx.num_groups))
+        return _wanted(ctx, ctx.ops.group_norm_backward(grad, x, mean, rstd, weight,
+                                                        ctx.num_groups))
 
 
 class BatchNorm(Function):
@@ -73,9 +69,9 @@ class BatchNorm(Function):
     updates the running statistics in place cannot change an earlier graph's gradients."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps, training):
-        ctx.kernels = kernels(_device(x))
-        y, save_mean, save_rstd = ctx.kernels.batch_norm_forward(x, mean, var, weight, bias, eps)
+    def forward(ctx, x, weight, bias, ops, mean, var, eps, training):
+        ctx.ops = ops
+        y, save_mean, save_rstd = ops.batch_norm_forward(x, mean, var, weight, bias, eps)
         ctx.save_for_backward(x, weight, save_mean, save_rstd)
         ctx.training = training
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -84,8 +80,8 @@ class BatchNorm(Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, save_mean, save_rstd = ctx.saved
-        return _wanted(ctx, ctx.kernels.batch_norm_backward(grad, x, save_mean, save_rstd,
-                                                            weight, ctx.training))
+        return _wanted(ctx, ctx.ops.batch_norm_backward(grad, x, save_mean, save_rstd,
+                                                        weight, ctx.training))
 
 
 class EmptyNorm(Function):
@@ -211,7 +207,7 @@ def _group_norm(fn, input, num_groups, weight, bias, eps) -> Tensor:
     eps = positive_eps(fn, eps)
     if x.numel() == 0:
         return EmptyNorm.apply(x, w, b)
-    return GroupNorm.apply(x, w, b, num_groups=groups, eps=eps)
+    return GroupNorm.apply(x, w, b, ops=kernels(x.device), num_groups=groups, eps=eps)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
@@ -328,11 +324,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if x.numel() == 0:
         return EmptyNorm.apply(x, w, b)  # as torch: the running statistics stay unchanged
 
-    k = kernels(x.device)
+    ops = kernels(x.device)
     if training:
-        mean, var = k.batch_norm_stats(x.data)
+        mean, var = ops.batch_norm_stats(x.data)
         if mean_buffer is not None:
-            k.batch_norm_update_running(mean_buffer, var_buffer, mean, var, momentum, count)
+            ops.batch_norm_update_running(mean_buffer, var_buffer, mean, var, momentum, count)
     else:
         mean, var = mean_buffer, var_buffer
-    return BatchNorm.apply(x, w, b, mean=mean, var=var, eps=eps, training=bool(training))
+    return BatchNorm.apply(x, w, b, ops=ops, mean=mean, var=var, eps=eps,
+                           training=bool(training))

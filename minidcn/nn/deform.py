@@ -14,19 +14,28 @@ The DCN papers' design:
 The papers train the predictors with a smaller learning rate.  ``offset_lr_mult`` is stored
 as ``lr_mult`` on the predictors' Parameters; :func:`minidcn.optim.param_groups` turns it
 into a real parameter group of the optimiser.
+
+For plots, a layer can keep what its last forward sampled (host copies, opt-in so that
+training pays nothing for them): set ``layer.record_sampling = True``, or run the forwards
+inside ``with recording_sampling(model):``; then ``layer.last_sampling_locations`` and
+``layer.last_mask`` hold the last forward's positions and mask.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
-from ..functional import deform_conv2d, sampling_locations, sigmoid
+from ..functional import sampling_locations, sigmoid
 from ..functional._validate import as_tensor, check_float, check_int
+from ..functional.deform_conv import checked_deform_conv2d
 from ..tensor import FLOAT_DTYPES
 from .conv import Conv2d
 from .init import generator as pick_generator
+from .module import Module
 
-__all__ = ["DeformConv2d"]
+__all__ = ["DeformConv2d", "recording_sampling"]
 
 
 class DeformConv2d(Conv2d):
@@ -47,9 +56,12 @@ class DeformConv2d(Conv2d):
         generator: a ``numpy.random.Generator`` for the initial weights.
         dtype: float32 or float64.
 
-    After each forward, ``last_sampling_locations`` holds the absolute (y, x) positions
-    sampled, a host array of shape (B, offset_groups, kh · kw, H_out, W_out, 2), and
-    ``last_mask`` the mask, shaped (B, offset_groups, kh · kw, H_out, W_out), or None.
+    ``record_sampling`` (False unless set, or inside :func:`recording_sampling`): when True,
+    each forward keeps host copies of what it sampled, ``last_sampling_locations``, the
+    absolute (y, x) positions, shaped (B, offset_groups, kh · kw, H_out, W_out, 2), and
+    ``last_mask``, the mask shaped (B, offset_groups, kh · kw, H_out, W_out), or None for an
+    unmodulated forward.  A forward without recording forgets them (no stale plot), and
+    reading them then raises a RuntimeError that says how to turn recording on.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -70,8 +82,8 @@ class DeformConv2d(Conv2d):
         kernel_points = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
         self.offset_conv = self._zero_predictor(2 * kernel_points, rng, dtype)
         self.mask_conv = self._zero_predictor(kernel_points, rng, dtype) if modulated else None
-        self.last_sampling_locations = None
-        self.last_mask = None
+        self.record_sampling = False
+        self._recorded = None  # (locations, mask) of the last forward, when recording
 
     def _zero_predictor(self, channels, rng, dtype) -> Conv2d:
         """A Conv2d with the layer's geometry, all weights 0, learning rate × offset_lr_mult."""
@@ -93,30 +105,68 @@ class DeformConv2d(Conv2d):
         ``mask`` to sigmoid(mask predictor); pass either to use your own (an external mask
         also works on a layer built with ``modulated=False``).
         """
-        kh, kw = self.kernel_size
         if offset is None:
             offset = self.offset_conv(x)
-        else:
-            offset = as_tensor("DeformConv2d", "offset", offset)
-            wanted = 2 * self.offset_groups * kh * kw
-            if offset.ndim != 4 or offset.shape[1] != wanted:
-                raise ValueError(
-                    f"DeformConv2d: offset must have shape (B, {wanted}, H_out, W_out) "
-                    f"(2 * offset_groups {self.offset_groups} * {kh} * {kw} channels), "
-                    f"got {offset.shape}")
         if mask is None and self.modulated:
             mask = sigmoid(self.mask_conv(x))
-        y = deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
-                          self.dilation, mask)
-        self.last_sampling_locations = sampling_locations(
-            offset, self.kernel_size, self.stride, self.padding, self.dilation)
-        self.last_mask = None if mask is None else (
-            as_tensor("DeformConv2d", "mask", mask).detach().to("cpu").numpy().copy()
-            .reshape(self.last_sampling_locations.shape[:-1]))
+        y = checked_deform_conv2d("DeformConv2d", x, offset, self.weight, self.bias, self.stride,
+                                  self.padding, self.dilation, mask, self.offset_groups)
+        self._recorded = self._record(offset, mask) if self.record_sampling else None
         return y
+
+    def _record(self, offset, mask):
+        """Host copies of the positions sampled and of the mask (already validated)."""
+        locations = sampling_locations(offset, self.kernel_size, self.stride, self.padding,
+                                       self.dilation)
+        if mask is not None:
+            mask = as_tensor("DeformConv2d", "mask", mask).detach().to("cpu").numpy().copy()
+            mask = mask.reshape(locations.shape[:-1])
+        return locations, mask
+
+    def _recorded_item(self, i, name):
+        if self._recorded is None:
+            raise RuntimeError(
+                f"DeformConv2d: {name} is kept only by a forward run with recording on; set "
+                f"layer.record_sampling = True (or run the model inside "
+                f"`with minidcn.nn.recording_sampling(model):`) before calling the layer")
+        return self._recorded[i]
+
+    @property
+    def last_sampling_locations(self):
+        """(B, offset_groups, kh · kw, H_out, W_out, 2) host positions of the last forward."""
+        return self._recorded_item(0, "last_sampling_locations")
+
+    @property
+    def last_mask(self):
+        """(B, offset_groups, kh · kw, H_out, W_out) host mask of the last forward, or None."""
+        return self._recorded_item(1, "last_mask")
 
     def extra_repr(self) -> str:
         extra = f", offset_groups={self.offset_groups}, modulated={self.modulated}"
         if self.offset_lr_mult != 1.0:
             extra += f", offset_lr_mult={self.offset_lr_mult}"
         return super().extra_repr() + extra
+
+
+@contextmanager
+def recording_sampling(model):
+    """Inside the block, every DeformConv2d in ``model`` (a layer or a model holding some)
+    records its sampling locations and mask at each forward; afterwards the flags are what
+    they were and the last recordings stay readable.
+
+        with recording_sampling(model):
+            model(x)
+        points = layer.last_sampling_locations
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"recording_sampling: model must be a Module (a DeformConv2d or a model "
+                        f"holding some), got {type(model).__name__}")
+    layers = [m for m in model.modules() if isinstance(m, DeformConv2d)]
+    before = [layer.record_sampling for layer in layers]
+    for layer in layers:
+        layer.record_sampling = True
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, before):
+            layer.record_sampling = flag

@@ -1,15 +1,14 @@
-"""Bilinear sampling and deformable convolution (DCN v1 / v2), as in torchvision.ops.
+"""Deformable convolution (DCN v1 / v2), as in torchvision.ops.
 
-* :func:`bilinear_kernel` is the interpolation weight G(q, p) itself, for plotting and lessons;
-* :func:`bilinear_sample` reads a feature map at real-valued (y, x) positions;
 * :func:`deform_conv2d` is ``torchvision.ops.deform_conv2d``: same arguments, same layouts,
   same numbers;
 * :func:`sampling_locations` turns an offset tensor into the absolute positions the
   convolution reads, p0 + p_k + Δp_k.
 
-The formulas and conventions are in the reference kernels, ``backends/reference/bilinear.py``
-and ``backends/reference/deform_conv.py``; this module checks the arguments (before any kernel
-runs: Numba checks no bounds) and records the ops in the graph.
+The formulas and conventions are in the reference kernel, ``backends/reference/deform_conv.py``
+(the same file name in ``numba_cpu/`` and ``cuda/``); this module checks the arguments (before
+any kernel runs: Numba checks no bounds) and records the op in the graph, with the kernels'
+argument order (x, offset, mask, weight, bias), so nothing is reordered on the way.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import numpy as np
 
 from ..arrays import zeros
 from ..backends import kernels
-from ..backends.reference import bilinear as reference_bilinear
 from ..backends.reference import deform_conv as reference_deform_conv
 from ..function import Function
 from ..tensor import Tensor
@@ -33,32 +31,20 @@ from ._validate import (
     pair,
 )
 
-__all__ = ["bilinear_kernel", "bilinear_sample", "deform_conv2d", "sampling_locations"]
-
-
-class BilinearSample(Function):
-    """out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q]; gradients for x and the points."""
-
-    @staticmethod
-    def forward(ctx, x, points, ops):
-        ctx.ops = ops
-        ctx.save_for_backward(x, points)
-        return ops.bilinear_sample_forward(x, points)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, points = ctx.saved
-        return ctx.ops.bilinear_sample_backward(grad_out, x, points)
+__all__ = ["deform_conv2d", "sampling_locations"]
 
 
 class DeformConv2d(Function):
     """y(p0) = Σ_k w_k · x(p0 + p_k + Δp_k) · Δm_k + b; gradients for all five inputs.
 
-    An empty batch (B = 0) skips the kernels, as torchvision's do: the output is empty and
-    every gradient is zero (empty for input, offset and mask)."""
+    ``ops`` is the backend that ``backends.kernels(device)`` picked: its ``deform_conv.py``
+    (``backends/numba_cpu/`` by default, ``reference/`` or ``cuda/``) holds both kernels, with
+    this argument order and gradients in the same order.  An empty batch (B = 0) skips the
+    kernels, as torchvision's do: the output is empty and every gradient is zero (empty for
+    input, offset and mask)."""
 
     @staticmethod
-    def forward(ctx, x, offset, weight, mask, bias, ops, stride, padding, dilation, groups,
+    def forward(ctx, x, offset, mask, weight, bias, ops, stride, padding, dilation, groups,
                 offset_groups):
         ctx.ops, ctx.params = ops, (stride, padding, dilation, groups, offset_groups)
         ctx.save_for_backward(x, offset, mask, weight)
@@ -74,10 +60,8 @@ class DeformConv2d(Function):
                 zeros(shape, x.dtype, like=x)
                 for shape in (x.shape, offset.shape, weight.shape, weight.shape[:1]))
             grad_mask = None if mask is None else zeros(mask.shape, x.dtype, like=x)
-            return grad_x, grad_offset, grad_weight, grad_mask, grad_bias
-        grad_x, grad_offset, grad_mask, grad_weight, grad_bias = ctx.ops.deform_conv2d_backward(
-            grad_y, x, offset, mask, weight, *ctx.params)
-        return grad_x, grad_offset, grad_weight, grad_mask, grad_bias
+            return grad_x, grad_offset, grad_mask, grad_weight, grad_bias
+        return ctx.ops.deform_conv2d_backward(grad_y, x, offset, mask, weight, *ctx.params)
 
 
 def _check_not_empty(fn: str, name: str, t: Tensor) -> None:
@@ -85,83 +69,19 @@ def _check_not_empty(fn: str, name: str, t: Tensor) -> None:
         raise ValueError(f"{fn}: {name} must have no zero-sized axis, got shape {t.shape}")
 
 
-def _host_coordinates(fn: str, name: str, value) -> np.ndarray:
-    """A Tensor or array-like of (..., 2) coordinates as a float64 host array."""
-    if isinstance(value, Tensor):
-        data = np.asarray(value.detach().to("cpu").numpy(), dtype=np.float64)
-    else:
-        try:
-            data = Tensor(value, dtype=np.float64).numpy()
-        except TypeError as err:
-            raise TypeError(f"{fn}: {name} {err}") from None
-    if data.ndim == 0 or data.shape[-1] != 2:
-        raise ValueError(f"{fn}: {name} must have a last axis of size 2 holding (y, x), "
-                         f"got shape {data.shape}")
-    return data
-
-
-def bilinear_kernel(q, p) -> np.ndarray:
-    """The bilinear interpolation weight G(q, p) = g(q_y, p_y) g(q_x, p_x).
-
-    g(a, b) = max(0, 1 - |a - b|) is the tent of width one pixel on each side.
-
-    ``q`` (integer pixels) and ``p`` (real positions) are (..., 2) arrays of (y, x) whose
-    leading axes broadcast against each other; the result has the broadcast shape without
-    the last axis, as a float64 NumPy array.  ``bilinear_sample`` computes
-    x(p) = Σ_q G(q, p) x(q) (with zero padding outside the image).
-
-    >>> bilinear_kernel([[0, 0], [0, 1], [1, 0], [1, 1]], [0.25, 0.5])
-    array([0.375, 0.375, 0.125, 0.125])
-    """
-    fn = "bilinear_kernel"
-    q, p = _host_coordinates(fn, "q", q), _host_coordinates(fn, "p", p)
-    try:
-        np.broadcast_shapes(q.shape, p.shape)
-    except ValueError:
+def _offset_groups(fn: str, offset_shape: tuple, kh: int, kw: int, expected=None) -> int:
+    """G_off from offset.shape[1] = 2 · G_off · kh · kw; ValueError if it does not divide, or
+    if it is not ``expected`` (the offset groups a DeformConv2d layer was built with)."""
+    per_group, channels = 2 * kh * kw, offset_shape[1]
+    if expected is not None and channels != expected * per_group:
         raise ValueError(
-            f"{fn}: q of shape {q.shape} and p of shape {p.shape} do not broadcast") from None
-    return reference_bilinear.interpolation_weight(q, p)
-
-
-def bilinear_sample(x, points) -> Tensor:
-    """Sample every channel of ``x`` at real-valued positions, by bilinear interpolation.
-
-    Args:
-        x: (B, C, H, W) feature maps.
-        points: (B, P, 2) positions (y, x) in pixel coordinates (row 0 and column 0 are the
-            centres of the first pixels); image b is sampled at its own P points.  B may be
-            0 (an empty output), no other axis.
-
-    Returns:
-        (B, C, P): out[b, c, p] = Σ_q G(q, points[b, p]) x[b, c, q], reading 0 outside the
-        image (zero padding one pixel wide).  Differentiable in x and in the points; NaN,
-        infinite or far-away points give 0 and receive gradient 0.
-    """
-    fn = "bilinear_sample"
-    x = as_tensor(fn, "x", x)
-    pts = as_tensor(fn, "points", points)
-    check_ndim(fn, "x", x, "(B, C, H, W)")
-    check_ndim(fn, "points", pts, "(B, P, 2)")
-    check_same_dtype(fn, x=x, points=pts)
-    device = check_same_device(fn, x=x, points=pts)
-    check_only_batch_empty(fn, "x", x)
-    check_only_batch_empty(fn, "points", pts)
-    if pts.shape[2] != 2:
-        raise ValueError(f"{fn}: points must have shape (B, P, 2) holding (y, x), got {pts.shape}")
-    if pts.shape[0] != x.shape[0]:
-        raise ValueError(f"{fn}: points has batch size {pts.shape[0]}, expected x's batch size "
-                         f"{x.shape[0]} (x {x.shape}, points {pts.shape})")
-    return BilinearSample.apply(x, pts, ops=kernels(device))
-
-
-def _offset_groups(fn: str, offset_channels: int, kh: int, kw: int) -> int:
-    """G_off from offset.shape[1] = 2 · G_off · kh · kw; ValueError if it does not divide."""
-    per_group = 2 * kh * kw
-    if offset_channels == 0 or offset_channels % per_group:
+            f"{fn}: offset must have shape (B, {expected * per_group}, H_out, W_out) "
+            f"(2 * offset_groups {expected} * {kh} * {kw} channels), got {offset_shape}")
+    if channels == 0 or channels % per_group:
         raise ValueError(
             f"{fn}: offset must have 2 * offset_groups * kh * kw channels, a positive multiple "
-            f"of 2 * {kh} * {kw} = {per_group}, got {offset_channels}")
-    return offset_channels // per_group
+            f"of 2 * {kh} * {kw} = {per_group}, got {channels}")
+    return channels // per_group
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
@@ -189,7 +109,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         Output (oy, ox) and kernel point (i, j) sample at
         (oy s_h - p_h + i d_h + dy, ox s_w - p_w + j d_w + dx).
     """
-    fn = "deform_conv2d"
+    return checked_deform_conv2d("deform_conv2d", input, offset, weight, bias, stride, padding,
+                                 dilation, mask)
+
+
+def checked_deform_conv2d(fn, input, offset, weight, bias, stride, padding, dilation, mask,
+                          offset_groups=None) -> Tensor:
+    """:func:`deform_conv2d`'s checks and op, its errors naming ``fn``: the one path that
+    ``nn.DeformConv2d`` shares, passing the ``offset_groups`` it was built with (the function
+    infers them from offset.shape[1])."""
     x = as_tensor(fn, "input", input)
     off = as_tensor(fn, "offset", offset)
     w = as_tensor(fn, "weight", weight)
@@ -220,7 +148,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     if out_channels % groups:
         raise ValueError(f"{fn}: out channels weight.shape[0] = {out_channels} must be divisible "
                          f"by groups = C_in / weight.shape[1] = {groups}")
-    offset_groups = _offset_groups(fn, off.shape[1], kh, kw)
+    offset_groups = _offset_groups(fn, off.shape, kh, kw, offset_groups)
     if in_channels % offset_groups:
         raise ValueError(
             f"{fn}: input channels {in_channels} must be divisible by the offset groups "
@@ -243,7 +171,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     if b is not None and b.shape != (out_channels,):
         raise ValueError(f"{fn}: bias must have shape ({out_channels},) (one per out channel), "
                          f"got {b.shape}")
-    return DeformConv2d.apply(x, off, w, m, b, ops=kernels(device), stride=stride, padding=padding,
+    return DeformConv2d.apply(x, off, m, w, b, ops=kernels(device), stride=stride, padding=padding,
                               dilation=dilation, groups=groups, offset_groups=offset_groups)
 
 
@@ -266,6 +194,6 @@ def sampling_locations(offset, kernel_size, stride=1, padding=0, dilation=1) -> 
     stride = pair(fn, "stride", stride, 1)
     padding = pair(fn, "padding", padding, 0)
     dilation = pair(fn, "dilation", dilation, 1)
-    _offset_groups(fn, off.shape[1], *kernel_size)
+    _offset_groups(fn, off.shape, *kernel_size)
     host = off.detach().to("cpu").numpy()
     return reference_deform_conv.sampling_locations(host, kernel_size, stride, padding, dilation)
