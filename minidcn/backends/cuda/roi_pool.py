@@ -28,12 +28,7 @@ from .. import roi_entry_points as entry
 from ..formulas import for_gpu
 from ..formulas import roi as formulas
 
-__all__ = [
-    "roi_pool_forward", "roi_pool_backward",
-    "roi_align_forward", "roi_align_backward",
-    "deform_roi_pool_forward", "deform_roi_pool_backward",
-    "deform_ps_roi_pool_forward", "deform_ps_roi_pool_backward",
-]
+__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

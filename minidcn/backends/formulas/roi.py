@@ -4,8 +4,8 @@ Each function is plain Python of scalars (``backends/reference/roi_pool.py`` sta
 same conventions over whole arrays, with the reasons behind them); ``numba_cpu/roi_pool.py``
 compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``.  None calls
 another (numba compiles a call only to a compiled function, and each target compiles its
-own), so a backend composes them.  No two-argument ``max``/``min``: they do not compile for the CUDA target (see
-``tests/test_cuda_compiles.py``); clips are written as comparisons.
+own), so a backend composes them.  No two-argument ``max``/``min``: they do not compile
+for the CUDA target (see ``tests/test_cuda_compiles.py``); clips are comparisons.
 
 roi_pool (whole pixels)::
 
@@ -93,7 +93,9 @@ def sample_coord(start, roi_size, offset, gamma, index, pooled, sub, grid):
     """Sample ``sub`` of ``grid`` along one axis of bin ``index`` of ``pooled``, the bin
     moved by gamma * offset * roi_size::
 
-        (start + gamma roi_size offset) + index bin + (sub + 0.5) bin / grid,  bin = roi_size / pooled
+        (start + gamma roi_size offset) + index bin + (sub + 0.5) bin / grid
+
+    with bin = roi_size / pooled.
     """
     bin_size = roi_size / pooled
     return ((start + gamma * roi_size * offset) + index * bin_size) + (sub + 0.5) * bin_size / grid

@@ -7,11 +7,12 @@ roi_align, deform_roi_pool and deform_ps_roi_pool run through one set of loops
 (``_pool_forward``, ``_pool_input_grad``, ``_pool_offset_mask_grad``, behind ``_forward``
 and ``_backward``; ``backends/roi_entry_points.py`` sets each op's switches) and one
 sampling routine, ``_bin_samples``, built from the scalar formulas of
-``backends/formulas/roi.py`` (shared with the cuda backend): it lists the samples of one bin that land inside the
-image, with their corners and bilinear weights.  Those depend on (RoI, bin), not on the channel,
-so each bin's list is built once per block of ``CHANNEL_BLOCK`` channels and reused for
-every channel of the block (blocks keep the planes being read in cache: about twice as
-fast as building the list once for all channels).
+``backends/formulas/roi.py`` (shared with the cuda backend): it lists the samples of one
+bin that land inside the image, with their corners and bilinear weights.  Those depend on
+(RoI, bin), not on the channel, so each bin's list is built once per block of
+``CHANNEL_BLOCK`` channels and reused for every channel of the block (blocks keep the
+planes being read in cache: about twice as fast as building the list once for all
+channels).
 
 Threads (``prange``) only ever write what they own, so every result is bitwise the same
 whatever NUMBA_NUM_THREADS is:
@@ -37,12 +38,7 @@ from .. import roi_entry_points as entry
 from ..formulas import for_cpu
 from ..formulas import roi as formulas
 
-__all__ = [
-    "roi_pool_forward", "roi_pool_backward",
-    "roi_align_forward", "roi_align_backward",
-    "deform_roi_pool_forward", "deform_roi_pool_backward",
-    "deform_ps_roi_pool_forward", "deform_ps_roi_pool_backward",
-]
+__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 CHANNEL_BLOCK = 16
 FLT_MAX = float(np.finfo(np.float32).max)
