@@ -36,7 +36,7 @@ _pixel_edge = for_gpu(formulas.pixel_edge)
 _pixel_size = for_gpu(formulas.pixel_size)
 _any_nan = for_gpu(formulas.any_nan)
 _pixel_range = for_gpu(formulas.pixel_range)
-_roi_axis = for_gpu(formulas.roi_axis)
+_roi_geometry = for_gpu(formulas.roi_geometry)
 _sample_count = for_gpu(formulas.sample_count)
 _sample_coord = for_gpu(formulas.sample_coord)
 _inside_band = for_gpu(formulas.inside_band)
@@ -115,14 +115,10 @@ def roi_pool_backward(grad_y, argmax, rois, input_shape):
 # ---------------------------------------------------------------------------- sampling
 @cuda.jit(device=True)
 def _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
-    """(batch index, geometry, samples per bin) of RoI k, where geometry is
-    (y_start, x_start, roi_h, roi_w, grid_h, grid_w) in feature-map pixels."""
-    y_start, roi_h, grid_h = _roi_axis(rois[k, 2], rois[k, 4], spatial_scale, aligned, ph,
-                                       sampling_ratio)
-    x_start, roi_w, grid_w = _roi_axis(rois[k, 1], rois[k, 3], spatial_scale, aligned, pw,
-                                       sampling_ratio)
-    return (int(rois[k, 0]), (y_start, x_start, roi_h, roi_w, grid_h, grid_w),
-            _sample_count(grid_h, grid_w))
+    """(batch index, geometry, samples per bin) of RoI k; geometry as formulas.roi_geometry."""
+    geometry = _roi_geometry(rois[k, 1], rois[k, 2], rois[k, 3], rois[k, 4], ph, pw,
+                             spatial_scale, sampling_ratio, aligned)
+    return int(rois[k, 0]), geometry, _sample_count(geometry[4], geometry[5])
 
 
 @cuda.jit(device=True)

@@ -62,25 +62,30 @@ def pixel_range(start, lo_edge, hi_edge, limit):
     return lo, hi
 
 
-def roi_axis(lo, hi, spatial_scale, aligned, pooled, sampling_ratio):
-    """Along one axis of a RoI whose box edges are lo, hi in image coordinates, for the
-    sampled poolings: (start, size, grid) in feature-map pixels::
+def roi_geometry(x1, y1, x2, y2, ph, pw, spatial_scale, sampling_ratio, aligned):
+    """(y_start, x_start, roi_h, roi_w, grid_h, grid_w) of a RoI with box corners (x1, y1),
+    (x2, y2) in image coordinates, in feature-map pixels, for the sampled poolings::
 
-        start = lo * spatial_scale - shift,   size = (hi * spatial_scale - shift) - start
-        size >= 1 when not aligned (a NaN size stays NaN)
-        grid = sampling_ratio if > 0 else max(ceil(size / pooled), 0), 0 if size is not finite
+        x_start = x1 * spatial_scale - shift,   roi_w = (x2 * spatial_scale - shift) - x_start
+        roi_w >= 1 when not aligned (a NaN size stays NaN)
+        grid_w = sampling_ratio if > 0, else max(ceil(roi_w / pw), 0) (0 for a non-finite size)
+
+    (likewise along y), with shift = 0.5 when aligned and 0 otherwise.
     """
     shift = 0.5 if aligned else 0.0
-    start = lo * spatial_scale - shift
-    size = (hi * spatial_scale - shift) - start
+    x_start = x1 * spatial_scale - shift
+    y_start = y1 * spatial_scale - shift
+    roi_w = (x2 * spatial_scale - shift) - x_start
+    roi_h = (y2 * spatial_scale - shift) - y_start
     if not aligned:
-        size = 1.0 if size < 1.0 else size
-    if sampling_ratio > 0:
-        return start, size, sampling_ratio
-    if not math.isfinite(size):
-        return start, size, 0
-    grid = int(math.ceil(size / pooled))
-    return start, size, (grid if grid > 0 else 0)
+        roi_w = 1.0 if roi_w < 1.0 else roi_w
+        roi_h = 1.0 if roi_h < 1.0 else roi_h
+    grid_h, grid_w = sampling_ratio, sampling_ratio
+    if sampling_ratio <= 0:
+        grid_h = int(math.ceil(roi_h / ph)) if math.isfinite(roi_h) else 0
+        grid_w = int(math.ceil(roi_w / pw)) if math.isfinite(roi_w) else 0
+    return (y_start, x_start, roi_h, roi_w, (grid_h if grid_h > 0 else 0),
+            (grid_w if grid_w > 0 else 0))
 
 
 def sample_count(grid_h, grid_w):
