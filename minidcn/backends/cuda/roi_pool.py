@@ -30,12 +30,12 @@ from ..formulas import roi as formulas
 
 __all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
-FLT_MAX = float(np.finfo(np.float32).max)
 
 _pixel_edge = for_gpu(formulas.pixel_edge)
 _pixel_size = for_gpu(formulas.pixel_size)
 _any_nan = for_gpu(formulas.any_nan)
 _pixel_range = for_gpu(formulas.pixel_range)
+_window_max = for_gpu(formulas.window_max)
 _roi_geometry = for_gpu(formulas.roi_geometry)
 _sample_count = for_gpu(formulas.sample_count)
 _sample_coord = for_gpu(formulas.sample_coord)
@@ -73,12 +73,7 @@ def _roi_pool_forward_kernel(x, rois, spatial_scale, y, argmax):
             h0, h1 = _pixel_range(y_start, T(i) * bin_h, T(i + 1) * bin_h, H)
             w0, w1 = _pixel_range(x_start, T(j) * bin_w, T(j + 1) * bin_w, W)
             if h1 > h0 and w1 > w0:
-                b = int(rois[k, 0])
-                best = -FLT_MAX
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        if x[b, c, h, w] > best:  # strict: the first maximum wins
-                            best, where = x[b, c, h, w], h * W + w
+                best, where = _window_max(x[int(rois[k, 0]), c], h0, h1, w0, w1)
         y[k, c, i, j] = best
         argmax[k, c, i, j] = where
 

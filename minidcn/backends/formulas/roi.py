@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 INT_LIMIT = 2.0**31
+FLT_MAX = float(np.finfo(np.float32).max)  # where roi_pool's scan starts, as in torchvision
 
 
 def pixel_edge(v):
@@ -60,6 +63,20 @@ def pixel_range(start, lo_edge, hi_edge, limit):
     lo = 0 if lo < 0 else (limit if lo > limit else lo)
     hi = 0 if hi < 0 else (limit if hi > limit else hi)
     return lo, hi
+
+
+def window_max(plane, h0, h1, w0, w1):
+    """roi_pool's bin: the maximum of plane[h0:h1, w0:w1] and its flat index h W + w.
+
+    Rows then columns from -FLT_MAX, keeping the first maximum (strict >), so a window
+    holding only NaN or values <= -FLT_MAX gives (-FLT_MAX, -1), as in torchvision.
+    """
+    best, where = -FLT_MAX, -1
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            if plane[h, w] > best:
+                best, where = plane[h, w], h * plane.shape[1] + w
+    return best, where
 
 
 def roi_geometry(x1, y1, x2, y2, ph, pw, spatial_scale, sampling_ratio, aligned):

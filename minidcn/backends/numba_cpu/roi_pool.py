@@ -41,12 +41,12 @@ from ..formulas import roi as formulas
 __all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 CHANNEL_BLOCK = 16
-FLT_MAX = float(np.finfo(np.float32).max)
 
 _pixel_edge = for_cpu(formulas.pixel_edge)
 _pixel_size = for_cpu(formulas.pixel_size)
 _any_nan = for_cpu(formulas.any_nan)
 _pixel_range = for_cpu(formulas.pixel_range)
+_window_max = for_cpu(formulas.window_max)
 _roi_geometry = for_cpu(formulas.roi_geometry)
 _sample_count = for_cpu(formulas.sample_count)
 _sample_coord = for_cpu(formulas.sample_coord)
@@ -71,7 +71,8 @@ def _roi_pool_forward(x, rois, spatial_scale, y, argmax):
         if _any_nan(x1, y1, x2, y2):
             continue  # every bin empty: 0, argmax -1
         x_start, y_start = _pixel_edge(x1), _pixel_edge(y1)
-        roi_w, roi_h = _pixel_size(x_start, _pixel_edge(x2)), _pixel_size(y_start, _pixel_edge(y2))
+        roi_w = _pixel_size(x_start, _pixel_edge(x2))
+        roi_h = _pixel_size(y_start, _pixel_edge(y2))
         b = int(rois[k, 0])
         bin_h, bin_w = T(roi_h) / T(ph), T(roi_w) / T(pw)
         for i in range(ph):
@@ -81,13 +82,7 @@ def _roi_pool_forward(x, rois, spatial_scale, y, argmax):
                 if h1 <= h0 or w1 <= w0:
                     continue
                 for c in range(C):
-                    best, where = -FLT_MAX, -1
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            if x[b, c, h, w] > best:  # strict: the first maximum wins
-                                best, where = x[b, c, h, w], h * W + w
-                    y[k, c, i, j] = best
-                    argmax[k, c, i, j] = where
+                    y[k, c, i, j], argmax[k, c, i, j] = _window_max(x[b, c], h0, h1, w0, w1)
 
 
 @njit(cache=True, parallel=True)
