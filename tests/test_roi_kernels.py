@@ -106,7 +106,7 @@ COORDINATES = [0.0, 0.3, -7.5, 1e3, -1e6, 3e9, 1e15, -1e30, 3e38, 1e300, -1.5e30
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_sample_limit_counts_the_grid_the_kernels_use(dtype, aligned):
-    from minidcn.backends.numba_cpu.roi_pool import _roi_geometry
+    from minidcn.backends.numba_cpu.roi_pool import _roi_setup
     from minidcn.backends.reference.roi_pool import _box, _grid_size
     from minidcn.functional.roi import _adaptive_grid
 
@@ -119,7 +119,7 @@ def test_the_sample_limit_counts_the_grid_the_kernels_use(dtype, aligned):
             f64_h, f64_w = _adaptive_grid(boxes, output_size, scale, aligned, np.float64)
             own_h, own_w = _adaptive_grid(boxes, output_size, scale, aligned, dtype)
             for k in range(len(boxes)):
-                geometry = _roi_geometry(boxes, k, 3, 2, scale, 0, aligned)
+                _, geometry, _ = _roi_setup(boxes, k, 3, 2, scale, 0, aligned)
                 for mine, theirs in ((f64_h[k], geometry[4]), (f64_w[k], geometry[5])):
                     if mine < 2**62:
                         assert mine == theirs, (boxes[k], scale)

@@ -10,44 +10,41 @@ Arrays are CudaArrays (argmax too, int64).  Every kernel is a grid-stride loop:
   into values only it writes, so no atomics.
 
 roi_align, deform_roi_pool and deform_ps_roi_pool share these kernels and one sampling
-routine (``_bin_sample``, which calls ``_bilinear_corners``), behind ``_forward`` and
-``_backward`` (``backends/roi_entry_points.py`` sets each op's switches).
+routine (``_bin_sample``), behind ``_forward`` and ``_backward``
+(``backends/roi_entry_points.py`` sets each op's switches).  The scalar formulas (box
+rounding, bin geometry, sample points, bilinear corners and weights, mmcv's slopes) are
+those of ``backends/formulas/roi.py``, compiled here as device functions: the numba
+backend compiles the same source for the CPU.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import cuda
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
-from ..roi_entry_points import entry_points
+from .. import roi_entry_points as entry
+from ..formulas import for_gpu
+from ..formulas import roi as formulas
 
-__all__ = [
-    "roi_pool_forward", "roi_pool_backward",
-    "roi_align_forward", "roi_align_backward",
-    "deform_roi_pool_forward", "deform_roi_pool_backward",
-    "deform_ps_roi_pool_forward", "deform_ps_roi_pool_backward",
-]
-
-FLT_MAX = float(np.finfo(np.float32).max)
-INT_LIMIT = 2.0**31
+__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 
-@cuda.jit(device=True)
-def _at_least(v, lo):
-    """max(v, lo), spelled out: compiling the builtin max for the device failed when we
-    checked with numba 0.68's compile_ptx (its varargs overload reaches the device
-    compiler unfolded)."""
-    return v if v > lo else lo
-
-
-@cuda.jit(device=True)
-def _clip(v, lo, hi):
-    """v clipped to [lo, hi]."""
-    return lo if v < lo else (hi if v > hi else v)
+_pixel_edge = for_gpu(formulas.pixel_edge)
+_pixel_size = for_gpu(formulas.pixel_size)
+_any_nan = for_gpu(formulas.any_nan)
+_pixel_range = for_gpu(formulas.pixel_range)
+_window_max = for_gpu(formulas.window_max)
+_roi_geometry = for_gpu(formulas.roi_geometry)
+_sample_count = for_gpu(formulas.sample_count)
+_sample_coord = for_gpu(formulas.sample_coord)
+_inside_band = for_gpu(formulas.inside_band)
+_axis_corners = for_gpu(formulas.axis_corners)
+_corner_weights = for_gpu(formulas.corner_weights)
+_bilinear_value = for_gpu(formulas.bilinear_value)
+_position_slopes = for_gpu(formulas.position_slopes)
+_channel = for_gpu(formulas.channel)
 
 
 @cuda.jit(device=True)
@@ -57,28 +54,6 @@ def _unravel(index, c_out, ph, pw):
 
 
 # ---------------------------------------------------------------------------- roi_pool
-@cuda.jit(device=True)
-def _round_half_away(v):
-    """C's round(): halves go away from zero."""
-    a = abs(v)
-    whole = math.floor(a)
-    return math.copysign(whole + (1.0 if a - whole >= 0.5 else 0.0), v)
-
-
-@cuda.jit(device=True)
-def _pixel_edge(v):
-    """A scaled coordinate rounded to a whole pixel, clipped to +-2**31."""
-    return int(_round_half_away(_clip(v, -INT_LIMIT, INT_LIMIT)))
-
-
-@cuda.jit(device=True)
-def _pixel_range(start, lo_edge, hi_edge, limit):
-    """Rows (or columns) [lo, hi) of a bin with edges lo_edge, hi_edge, clipped to [0, limit]."""
-    lo = start + int(math.floor(lo_edge))
-    hi = start + int(math.ceil(hi_edge))
-    return _clip(lo, 0, limit), _clip(hi, 0, limit)
-
-
 @cuda.jit
 def _roi_pool_forward_kernel(x, rois, spatial_scale, y, argmax):
     K, C, ph, pw = y.shape
@@ -90,20 +65,15 @@ def _roi_pool_forward_kernel(x, rois, spatial_scale, y, argmax):
         x1, y1 = rois[k, 1] * scale, rois[k, 2] * scale
         x2, y2 = rois[k, 3] * scale, rois[k, 4] * scale
         best, where = 0.0, -1  # a NaN box or an empty bin: 0, argmax -1
-        if not (math.isnan(x1) or math.isnan(y1) or math.isnan(x2) or math.isnan(y2)):
+        if not _any_nan(x1, y1, x2, y2):
             x_start, y_start = _pixel_edge(x1), _pixel_edge(y1)
-            roi_w = _at_least(_pixel_edge(x2) - x_start + 1, 1)
-            roi_h = _at_least(_pixel_edge(y2) - y_start + 1, 1)
+            roi_w = _pixel_size(x_start, _pixel_edge(x2))
+            roi_h = _pixel_size(y_start, _pixel_edge(y2))
             bin_h, bin_w = T(roi_h) / T(ph), T(roi_w) / T(pw)
             h0, h1 = _pixel_range(y_start, T(i) * bin_h, T(i + 1) * bin_h, H)
             w0, w1 = _pixel_range(x_start, T(j) * bin_w, T(j + 1) * bin_w, W)
             if h1 > h0 and w1 > w0:
-                b = int(rois[k, 0])
-                best = -FLT_MAX
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        if x[b, c, h, w] > best:  # strict: the first maximum wins
-                            best, where = x[b, c, h, w], h * W + w
+                best, where = _window_max(x[int(rois[k, 0]), c], h0, h1, w0, w1)
         y[k, c, i, j] = best
         argmax[k, c, i, j] = where
 
@@ -139,58 +109,11 @@ def roi_pool_backward(grad_y, argmax, rois, input_shape):
 
 # ---------------------------------------------------------------------------- sampling
 @cuda.jit(device=True)
-def _grid_size(sampling_ratio, roi_size, pooled):
-    """Samples across one bin: the given ratio, or ceil(roi_size / pooled) when <= 0."""
-    if sampling_ratio > 0:
-        return sampling_ratio
-    if not math.isfinite(roi_size):
-        return 0
-    return _at_least(int(math.ceil(roi_size / pooled)), 0)
-
-
-@cuda.jit(device=True)
-def _roi_geometry(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
-    """(y_start, x_start, roi_h, roi_w, grid_h, grid_w) of RoI k in feature-map pixels."""
-    shift = 0.5 if aligned else 0.0
-    x_start = rois[k, 1] * spatial_scale - shift
-    y_start = rois[k, 2] * spatial_scale - shift
-    roi_w = (rois[k, 3] * spatial_scale - shift) - x_start
-    roi_h = (rois[k, 4] * spatial_scale - shift) - y_start
-    if not aligned:  # torchvision's legacy RoIAlign: at least one pixel (NaN stays NaN)
-        roi_w = 1.0 if roi_w < 1.0 else roi_w
-        roi_h = 1.0 if roi_h < 1.0 else roi_h
-    grid_h = _grid_size(sampling_ratio, roi_h, ph)
-    grid_w = _grid_size(sampling_ratio, roi_w, pw)
-    return y_start, x_start, roi_h, roi_w, grid_h, grid_w
-
-
-@cuda.jit(device=True)
 def _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
-    """(batch index, geometry, samples per bin at least 1) of RoI k."""
-    geometry = _roi_geometry(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned)
-    return int(rois[k, 0]), geometry, _at_least(geometry[4] * geometry[5], 1)
-
-
-@cuda.jit(device=True)
-def _axis_corners(v, size):
-    """Along one axis: the two neighbours of v (both size - 1 past the last pixel centre,
-    v <= 0 read as 0) and the fraction of the way to the second."""
-    v = _at_least(v, 0.0)
-    low = int(v)
-    if low >= size - 1:
-        return size - 1, size - 1, 0.0
-    return low, low + 1, v - low
-
-
-@cuda.jit(device=True)
-def _bilinear_corners(y, x, height, width):
-    """torchvision's bilinear rule for one point: (inside, y0, y1, x0, x1, w00, w01, w10, w11)."""
-    if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):  # NaN fails too
-        return False, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
-    y0, y1, ly = _axis_corners(y, height)
-    x0, x1, lx = _axis_corners(x, width)
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return True, y0, y1, x0, x1, hy * hx, hy * lx, ly * hx, ly * lx
+    """(batch index, geometry, samples per bin) of RoI k; geometry as formulas.roi_geometry."""
+    geometry = _roi_geometry(rois[k, 1], rois[k, 2], rois[k, 3], rois[k, 4], ph, pw,
+                             spatial_scale, sampling_ratio, aligned)
+    return int(rois[k, 0]), geometry, _sample_count(geometry[4], geometry[5])
 
 
 @cuda.jit(device=True)
@@ -201,20 +124,14 @@ def _bin_sample(geometry, offset, gamma, k, i, j, ph, pw, s, height, width):
         y = (y_start + gamma roi_h offset[k, 1, i, j]) + i bin_h + (iy + 0.5) bin_h / grid_h
     """
     y_start, x_start, roi_h, roi_w, grid_h, grid_w = geometry
-    iy, ix = s // grid_w, s % grid_w
-    bin_h, bin_w = roi_h / ph, roi_w / pw
-    y_bin = (y_start + gamma * roi_h * offset[k, 1, i, j]) + i * bin_h
-    x_bin = (x_start + gamma * roi_w * offset[k, 0, i, j]) + j * bin_w
-    y = y_bin + (iy + 0.5) * bin_h / grid_h
-    x = x_bin + (ix + 0.5) * bin_w / grid_w
-    inside, y0, y1, x0, x1, w00, w01, w10, w11 = _bilinear_corners(y, x, height, width)
-    return y, x, inside, y0, y1, x0, x1, w00, w01, w10, w11
-
-
-@cuda.jit(device=True)
-def _channel(c, i, j, ph, pw, position_sensitive):
-    """Input channel read by bin (i, j) of output channel c."""
-    return (c * ph + i) * pw + j if position_sensitive else c
+    y = _sample_coord(y_start, roi_h, offset[k, 1, i, j], gamma, i, ph, s // grid_w, grid_h)
+    x = _sample_coord(x_start, roi_w, offset[k, 0, i, j], gamma, j, pw, s % grid_w, grid_w)
+    if not _inside_band(y, x, height, width):
+        return y, x, False, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
+    y0, y1, ly = _axis_corners(y, height)
+    x0, x1, lx = _axis_corners(x, width)
+    w00, w01, w10, w11 = _corner_weights(ly, lx)
+    return y, x, True, y0, y1, x0, x1, w00, w01, w10, w11
 
 
 @cuda.jit
@@ -231,8 +148,8 @@ def _pool_forward_kernel(x, rois, offset, mask, spatial_scale, sampling_ratio, g
             _, _, inside, y0, y1, x0, x1, w00, w01, w10, w11 = _bin_sample(
                 geometry, offset, gamma, k, i, j, ph, pw, s, H, W)
             if inside:
-                total += (w00 * x[b, ch, y0, x0] + w01 * x[b, ch, y0, x1]
-                          + w10 * x[b, ch, y1, x0] + w11 * x[b, ch, y1, x1])
+                total += _bilinear_value(w00, w01, w10, w11, x[b, ch, y0, x0], x[b, ch, y0, x1],
+                                         x[b, ch, y1, x0], x[b, ch, y1, x1])
         y[k, c, i, j] = total / count * mask[k, 0, i, j]
 
 
@@ -278,9 +195,11 @@ def _pool_offset_mask_grad_kernel(grad_y, x, rois, offset, mask, spatial_scale, 
                 if inside:
                     v00, v01 = x[b, ch, y0, x0], x[b, ch, y0, x1]
                     v10, v11 = x[b, ch, y1, x0], x[b, ch, y1, x1]
-                    along_x += scale_x * g * ((y1 - py) * (v01 - v00) + (py - y0) * (v11 - v10))
-                    along_y += scale_y * g * ((x1 - px) * (v10 - v00) + (px - x0) * (v11 - v01))
-                    pooled += w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+                    dv_dx, dv_dy = _position_slopes(y1 - py, py - y0, x1 - px, px - x0,
+                                                    v00, v01, v10, v11)
+                    along_x += scale_x * g * dv_dx
+                    along_y += scale_y * g * dv_dy
+                    pooled += _bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11)
             for_mask += grad_y[k, c, i, j] * (pooled / count)
         grad_offset[k, 0, i, j] = along_x
         grad_offset[k, 1, i, j] = along_y
@@ -332,6 +251,39 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
     return grad_x, grad_offset, grad_mask
 
 
+# ---------------------------------------------------------------------------- public kernels
+# Declared here so a reader can grep them; the switches each op sets live once, in
+# backends/roi_entry_points.py, shared by the three backends.
+def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
+                                   sampling_ratio, aligned)
 
-(roi_align_forward, roi_align_backward, deform_roi_pool_forward, deform_roi_pool_backward,
- deform_ps_roi_pool_forward, deform_ps_roi_pool_backward) = entry_points(_forward, _backward)
+
+def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
+                       aligned):
+    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
+                                    spatial_scale, sampling_ratio, aligned)
+
+
+def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                            gamma):
+    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
+                                         spatial_scale, sampling_ratio, gamma)
+
+
+def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
+                             sampling_ratio, gamma):
+    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
+                                          spatial_scale, sampling_ratio, gamma)
+
+
+def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
+                               gamma):
+    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
+                                            spatial_scale, sampling_ratio, gamma)
+
+
+def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
+                                sampling_ratio, gamma):
+    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
+                                             spatial_scale, sampling_ratio, gamma)

@@ -51,7 +51,7 @@ from .bilinear import bilinear_weights
 from .chunks import equal_chunks
 from .floating import REORDER
 
-__all__ = ["deform_conv2d_forward", "deform_conv2d_backward", "set_column_budget"]
+__all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]  # set_column_budget: a knob, not a kernel
 
 COLUMN_BUDGET_BYTES = 64 * 2**20
 """Scratch memory per chunk of images, in bytes (see the module docstring)."""

@@ -6,11 +6,13 @@ How the work is split
 roi_align, deform_roi_pool and deform_ps_roi_pool run through one set of loops
 (``_pool_forward``, ``_pool_input_grad``, ``_pool_offset_mask_grad``, behind ``_forward``
 and ``_backward``; ``backends/roi_entry_points.py`` sets each op's switches) and one
-sampling routine, ``_bin_samples``: it lists the samples of one bin that land inside the
-image, with their corners and bilinear weights.  Those depend on (RoI, bin), not on the channel,
-so each bin's list is built once per block of ``CHANNEL_BLOCK`` channels and reused for
-every channel of the block (blocks keep the planes being read in cache: about twice as
-fast as building the list once for all channels).
+sampling routine, ``_bin_samples``, built from the scalar formulas of
+``backends/formulas/roi.py`` (shared with the cuda backend): it lists the samples of one
+bin that land inside the image, with their corners and bilinear weights.  Those depend on
+(RoI, bin), not on the channel, so each bin's list is built once per block of
+``CHANNEL_BLOCK`` channels and reused for every channel of the block (blocks keep the
+planes being read in cache: about twice as fast as building the list once for all
+channels).
 
 Threads (``prange``) only ever write what they own, so every result is bitwise the same
 whatever NUMBA_NUM_THREADS is:
@@ -29,63 +31,48 @@ torchvision does, because a rounding difference there moves a whole pixel.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from ..roi_entry_points import entry_points
+from .. import roi_entry_points as entry
+from ..formulas import for_cpu
+from ..formulas import roi as formulas
 
-__all__ = [
-    "roi_pool_forward", "roi_pool_backward",
-    "roi_align_forward", "roi_align_backward",
-    "deform_roi_pool_forward", "deform_roi_pool_backward",
-    "deform_ps_roi_pool_forward", "deform_ps_roi_pool_backward",
-]
+__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 CHANNEL_BLOCK = 16
-FLT_MAX = float(np.finfo(np.float32).max)
-INT_LIMIT = 2.0**31
+
+_pixel_edge = for_cpu(formulas.pixel_edge)
+_pixel_size = for_cpu(formulas.pixel_size)
+_any_nan = for_cpu(formulas.any_nan)
+_pixel_range = for_cpu(formulas.pixel_range)
+_window_max = for_cpu(formulas.window_max)
+_roi_geometry = for_cpu(formulas.roi_geometry)
+_sample_count = for_cpu(formulas.sample_count)
+_sample_coord = for_cpu(formulas.sample_coord)
+_inside_band = for_cpu(formulas.inside_band)
+_axis_corners = for_cpu(formulas.axis_corners)
+_corner_weights = for_cpu(formulas.corner_weights)
+_bilinear_value = for_cpu(formulas.bilinear_value)
+_position_slopes = for_cpu(formulas.position_slopes)
+_channel = for_cpu(formulas.channel)
 
 
 # ---------------------------------------------------------------------------- roi_pool
-@njit(cache=True)
-def _round_half_away(v):
-    """C's round(): halves go away from zero."""
-    a = abs(v)
-    whole = math.floor(a)
-    return math.copysign(whole + (1.0 if a - whole >= 0.5 else 0.0), v)
-
-
-@njit(cache=True)
-def _pixel_box(rois, k, spatial_scale):
-    """(usable, y_start, x_start, roi_h, roi_w) rounded to whole pixels; a NaN box is not usable."""
-    ends = np.empty(4, np.int64)
-    for n in range(4):
-        v = rois[k, n + 1] * spatial_scale
-        if math.isnan(v):
-            return False, 0, 0, 1, 1
-        ends[n] = int(_round_half_away(min(max(v, -INT_LIMIT), INT_LIMIT)))
-    return True, ends[1], ends[0], max(ends[3] - ends[1] + 1, 1), max(ends[2] - ends[0] + 1, 1)
-
-
-@njit(cache=True)
-def _pixel_range(start, lo_edge, hi_edge, limit):
-    """Rows (or columns) [lo, hi) of a bin with edges lo_edge, hi_edge, clipped to [0, limit]."""
-    lo = start + int(math.floor(lo_edge))
-    hi = start + int(math.ceil(hi_edge))
-    return min(max(lo, 0), limit), min(max(hi, 0), limit)
-
-
 @njit(cache=True, parallel=True)
 def _roi_pool_forward(x, rois, spatial_scale, y, argmax):
     K, C, ph, pw = y.shape
     H, W = x.shape[2], x.shape[3]
     T = x.dtype.type  # bin edges in x's precision, as torchvision computes them
     for k in prange(K):
-        usable, y_start, x_start, roi_h, roi_w = _pixel_box(rois, k, T(spatial_scale))
-        if not usable:
+        scale = T(spatial_scale)
+        x1, y1 = rois[k, 1] * scale, rois[k, 2] * scale
+        x2, y2 = rois[k, 3] * scale, rois[k, 4] * scale
+        if _any_nan(x1, y1, x2, y2):
             continue  # every bin empty: 0, argmax -1
+        x_start, y_start = _pixel_edge(x1), _pixel_edge(y1)
+        roi_w = _pixel_size(x_start, _pixel_edge(x2))
+        roi_h = _pixel_size(y_start, _pixel_edge(y2))
         b = int(rois[k, 0])
         bin_h, bin_w = T(roi_h) / T(ph), T(roi_w) / T(pw)
         for i in range(ph):
@@ -95,13 +82,7 @@ def _roi_pool_forward(x, rois, spatial_scale, y, argmax):
                 if h1 <= h0 or w1 <= w0:
                     continue
                 for c in range(C):
-                    best, where = -FLT_MAX, -1
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            if x[b, c, h, w] > best:  # strict: the first maximum wins
-                                best, where = x[b, c, h, w], h * W + w
-                    y[k, c, i, j] = best
-                    argmax[k, c, i, j] = where
+                    y[k, c, i, j], argmax[k, c, i, j] = _window_max(x[b, c], h0, h1, w0, w1)
 
 
 @njit(cache=True, parallel=True)
@@ -136,58 +117,11 @@ def roi_pool_backward(grad_y, argmax, rois, input_shape):
 
 # ---------------------------------------------------------------------------- sampling
 @njit(cache=True)
-def _grid_size(sampling_ratio, roi_size, pooled):
-    """Samples across one bin: the given ratio, or ceil(roi_size / pooled) when <= 0."""
-    if sampling_ratio > 0:
-        return sampling_ratio
-    if not math.isfinite(roi_size):
-        return 0
-    return max(int(math.ceil(roi_size / pooled)), 0)
-
-
-@njit(cache=True)
-def _roi_geometry(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
-    """(y_start, x_start, roi_h, roi_w, grid_h, grid_w) of RoI k in feature-map pixels."""
-    shift = 0.5 if aligned else 0.0
-    x_start = rois[k, 1] * spatial_scale - shift
-    y_start = rois[k, 2] * spatial_scale - shift
-    roi_w = (rois[k, 3] * spatial_scale - shift) - x_start
-    roi_h = (rois[k, 4] * spatial_scale - shift) - y_start
-    if not aligned:  # torchvision's legacy RoIAlign: at least one pixel (NaN stays NaN)
-        roi_w = 1.0 if roi_w < 1.0 else roi_w
-        roi_h = 1.0 if roi_h < 1.0 else roi_h
-    grid_h = _grid_size(sampling_ratio, roi_h, ph)
-    grid_w = _grid_size(sampling_ratio, roi_w, pw)
-    return y_start, x_start, roi_h, roi_w, grid_h, grid_w
-
-
-@njit(cache=True)
 def _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
-    """(batch index, geometry, samples per bin at least 1) of RoI k."""
-    geometry = _roi_geometry(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned)
-    return int(rois[k, 0]), geometry, max(geometry[4] * geometry[5], 1)
-
-
-@njit(cache=True)
-def _axis_corners(v, size):
-    """Along one axis: the two neighbours of v (both size - 1 past the last pixel centre,
-    v <= 0 read as 0) and the fraction of the way to the second."""
-    v = max(v, 0.0)
-    low = int(v)
-    if low >= size - 1:
-        return size - 1, size - 1, 0.0
-    return low, low + 1, v - low
-
-
-@njit(cache=True)
-def _bilinear_corners(y, x, height, width):
-    """torchvision's bilinear rule for one point: (inside, y0, y1, x0, x1, w00, w01, w10, w11)."""
-    if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):  # NaN fails too
-        return False, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
-    y0, y1, ly = _axis_corners(y, height)
-    x0, x1, lx = _axis_corners(x, width)
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return True, y0, y1, x0, x1, hy * hx, hy * lx, ly * hx, ly * lx
+    """(batch index, geometry, samples per bin) of RoI k; geometry as formulas.roi_geometry."""
+    geometry = _roi_geometry(rois[k, 1], rois[k, 2], rois[k, 3], rois[k, 4], ph, pw,
+                             spatial_scale, sampling_ratio, aligned)
+    return int(rois[k, 0]), geometry, _sample_count(geometry[4], geometry[5])
 
 
 @njit(cache=True)
@@ -203,19 +137,17 @@ def _bin_samples(geometry, offset, gamma, k, i, j, ph, pw, height, width, where,
         y = (y_start + gamma roi_h offset[k, 1, i, j]) + i bin_h + (iy + 0.5) bin_h / grid_h
     """
     y_start, x_start, roi_h, roi_w, grid_h, grid_w = geometry
-    bin_h, bin_w = roi_h / ph, roi_w / pw
-    y_bin = (y_start + gamma * roi_h * offset[k, 1, i, j]) + i * bin_h
-    x_bin = (x_start + gamma * roi_w * offset[k, 0, i, j]) + j * bin_w
     n = 0
     for iy in range(grid_h):
-        y = y_bin + (iy + 0.5) * bin_h / grid_h
+        y = _sample_coord(y_start, roi_h, offset[k, 1, i, j], gamma, i, ph, iy, grid_h)
         for ix in range(grid_w):
-            x = x_bin + (ix + 0.5) * bin_w / grid_w
-            inside, y0, y1, x0, x1, w00, w01, w10, w11 = _bilinear_corners(y, x, height, width)
-            if inside:
+            x = _sample_coord(x_start, roi_w, offset[k, 0, i, j], gamma, j, pw, ix, grid_w)
+            if _inside_band(y, x, height, width):
+                y0, y1, ly = _axis_corners(y, height)
+                x0, x1, lx = _axis_corners(x, width)
                 where[n, 0], where[n, 1] = y0 * width + x0, y0 * width + x1
                 where[n, 2], where[n, 3] = y1 * width + x0, y1 * width + x1
-                weights[n, 0], weights[n, 1], weights[n, 2], weights[n, 3] = w00, w01, w10, w11
+                weights[n, 0], weights[n, 1], weights[n, 2], weights[n, 3] = _corner_weights(ly, lx)
                 spans[n, 0], spans[n, 1], spans[n, 2], spans[n, 3] = y1 - y, y - y0, x1 - x, x - x0
                 n += 1
     return n
@@ -229,16 +161,11 @@ def _sample_buffers(max_samples):
 
 
 @njit(cache=True)
-def _channel(c, i, j, ph, pw, position_sensitive):
-    """Input channel read by bin (i, j) of output channel c."""
-    return (c * ph + i) * pw + j if position_sensitive else c
-
-
-@njit(cache=True)
 def _sample_value(plane, where, weights, s):
     """sum_n w_n v_n of sample s, in a flattened (H * W,) plane."""
-    return (weights[s, 0] * plane[where[s, 0]] + weights[s, 1] * plane[where[s, 1]]
-            + weights[s, 2] * plane[where[s, 2]] + weights[s, 3] * plane[where[s, 3]])
+    return _bilinear_value(weights[s, 0], weights[s, 1], weights[s, 2], weights[s, 3],
+                           plane[where[s, 0]], plane[where[s, 1]], plane[where[s, 2]],
+                           plane[where[s, 3]])
 
 
 @njit(cache=True)
@@ -246,7 +173,7 @@ def _max_samples(rois, ph, pw, spatial_scale, sampling_ratio, aligned):
     """The largest grid_h * grid_w over the RoIs: the size of the per-bin sample buffers."""
     most = 0
     for k in range(rois.shape[0]):
-        geometry = _roi_geometry(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned)
+        _, geometry, _ = _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned)
         most = max(most, geometry[4] * geometry[5])
     return most
 
@@ -332,8 +259,8 @@ def _pool_offset_mask_grad(grad_y, x, rois, offset, mask, height, width, spatial
                         for s in range(n):
                             v00, v01 = plane[where[s, 0]], plane[where[s, 1]]
                             v10, v11 = plane[where[s, 2]], plane[where[s, 3]]
-                            dv_dx = spans[s, 0] * (v01 - v00) + spans[s, 1] * (v11 - v10)
-                            dv_dy = spans[s, 2] * (v10 - v00) + spans[s, 3] * (v11 - v01)
+                            dv_dx, dv_dy = _position_slopes(spans[s, 0], spans[s, 1], spans[s, 2],
+                                                            spans[s, 3], v00, v01, v10, v11)
                             sums[0, i, j] += scale_x * g * dv_dx
                             sums[1, i, j] += scale_y * g * dv_dy
                             pooled += _sample_value(plane, where, weights, s)
@@ -389,6 +316,39 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
     return grad_x, grad_offset, grad_mask
 
 
+# ---------------------------------------------------------------------------- public kernels
+# Declared here so a reader can grep them; the switches each op sets live once, in
+# backends/roi_entry_points.py, shared by the three backends.
+def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
+                                   sampling_ratio, aligned)
 
-(roi_align_forward, roi_align_backward, deform_roi_pool_forward, deform_roi_pool_backward,
- deform_ps_roi_pool_forward, deform_ps_roi_pool_backward) = entry_points(_forward, _backward)
+
+def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
+                       aligned):
+    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
+                                    spatial_scale, sampling_ratio, aligned)
+
+
+def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                            gamma):
+    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
+                                         spatial_scale, sampling_ratio, gamma)
+
+
+def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
+                             sampling_ratio, gamma):
+    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
+                                          spatial_scale, sampling_ratio, gamma)
+
+
+def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
+                               gamma):
+    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
+                                            spatial_scale, sampling_ratio, gamma)
+
+
+def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
+                                sampling_ratio, gamma):
+    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
+                                             spatial_scale, sampling_ratio, gamma)

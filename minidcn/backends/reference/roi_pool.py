@@ -95,12 +95,9 @@ import math
 
 import numpy as np
 
-__all__ = [
-    "roi_pool_forward", "roi_pool_backward",
-    "roi_align_forward", "roi_align_backward",
-    "deform_roi_pool_forward", "deform_roi_pool_backward",
-    "deform_ps_roi_pool_forward", "deform_ps_roi_pool_backward",
-]
+from .. import roi_entry_points as entry
+
+__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 INT_LIMIT = 2.0**31
@@ -262,11 +259,21 @@ def _bin_means(plane_stack, channel, s):
     return np.where(s["inside"], sampled, 0).sum(axis=(-2, -1)) / s["count"]
 
 
+def _stand_ins(rois, offset, mask, output_size, dtype):
+    """The offsets and mask as given; zero offsets and a unit mask (unmodulated) stand in
+    for absent ones."""
+    shape = (rois.shape[0], 1) + tuple(output_size)
+    offset = np.zeros((shape[0], 2) + shape[2:], dtype) if offset is None else offset
+    mask = np.ones(shape, dtype) if mask is None else mask
+    return np.ascontiguousarray(offset), np.ascontiguousarray(mask)
+
+
 @np.errstate(invalid="ignore", over="ignore")  # NaN / inf rois are allowed: they pool to 0
-def _pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
-                  aligned, position_sensitive):
-    """The forward of all three sampled poolings (mask of ones = unmodulated)."""
+def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma, aligned,
+             position_sensitive):
+    """The forward of all three sampled poolings (``roi_entry_points`` sets the switches)."""
     x, rois = np.ascontiguousarray(x), np.ascontiguousarray(rois)
+    offset, mask = _stand_ins(rois, offset, mask, output_size, x.dtype)
     _, C, H, W = x.shape
     c_out = C // (output_size[0] * output_size[1]) if position_sensitive else C
     channel = _channel_map(c_out, output_size, position_sensitive)
@@ -279,11 +286,13 @@ def _pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ra
 
 
 @np.errstate(invalid="ignore", over="ignore")  # NaN / inf rois are allowed: they pool to 0
-def _pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                   gamma, aligned, position_sensitive, input_shape, want_offset_mask):
-    """Gradients of ``_pool_forward``: (grad_x, grad_offset, grad_mask); the last two are
-    None unless ``want_offset_mask`` (then x is needed)."""
+def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, sampling_ratio, gamma,
+              aligned, position_sensitive):
+    """Gradients of ``_forward``: (grad_x, grad_offset, grad_mask); the last two are None
+    when x is None."""
     grad_y, rois = np.ascontiguousarray(grad_y), np.ascontiguousarray(rois)
+    output_size, input_shape, want_offset_mask = grad_y.shape[2:], tuple(input_shape), x is not None
+    offset, mask = _stand_ins(rois, offset, mask, output_size, grad_y.dtype)
     _, _, H, W = input_shape
     K, c_out = grad_y.shape[:2]
     channel = _channel_map(c_out, output_size, position_sensitive)
@@ -321,58 +330,39 @@ def _pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale, sa
     return grad_x, grad_offset, grad_mask
 
 
-def _zero_offset(rois, output_size, dtype):
-    return np.zeros((rois.shape[0], 2) + tuple(output_size), dtype)
-
-
-def _unit_mask(rois, output_size, dtype):
-    return np.ones((rois.shape[0], 1) + tuple(output_size), dtype)
-
-
 # ---------------------------------------------------------------------------- public kernels
+# Declared here so a reader can grep them; the switches each op sets live once, in
+# backends/roi_entry_points.py, shared by the three backends.
 def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    return _pool_forward(x, rois, _zero_offset(rois, output_size, x.dtype),
-                         _unit_mask(rois, output_size, x.dtype), output_size, spatial_scale,
-                         sampling_ratio, 0.0, aligned, False)
+    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
+                                   sampling_ratio, aligned)
 
 
 def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
                        aligned):
-    dtype = grad_y.dtype
-    grad_x, _, _ = _pool_backward(grad_y, None, rois, _zero_offset(rois, output_size, dtype),
-                                  _unit_mask(rois, output_size, dtype), output_size,
-                                  spatial_scale, sampling_ratio, 0.0, aligned, False,
-                                  tuple(input_shape), False)
-    return grad_x
+    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
+                                    spatial_scale, sampling_ratio, aligned)
 
 
 def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                             gamma):
-    mask = _unit_mask(rois, output_size, x.dtype) if mask is None else np.ascontiguousarray(mask)
-    return _pool_forward(x, rois, np.ascontiguousarray(offset), mask, output_size,
-                         spatial_scale, sampling_ratio, gamma, True, False)
+    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
+                                         spatial_scale, sampling_ratio, gamma)
 
 
 def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
                              sampling_ratio, gamma):
-    modulated = mask is not None
-    mask = np.ascontiguousarray(mask) if modulated else _unit_mask(rois, output_size, x.dtype)
-    grad_x, grad_offset, grad_mask = _pool_backward(
-        grad_y, x, rois, np.ascontiguousarray(offset), mask, output_size, spatial_scale,
-        sampling_ratio, gamma, True, False, tuple(x.shape), True)
-    return grad_x, grad_offset, grad_mask if modulated else None
+    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
+                                          spatial_scale, sampling_ratio, gamma)
 
 
 def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
                                gamma):
-    return _pool_forward(x, rois, np.ascontiguousarray(offset),
-                         _unit_mask(rois, output_size, x.dtype), output_size, spatial_scale,
-                         sampling_ratio, gamma, True, True)
+    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
+                                            spatial_scale, sampling_ratio, gamma)
 
 
 def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
                                 sampling_ratio, gamma):
-    grad_x, grad_offset, _ = _pool_backward(
-        grad_y, x, rois, np.ascontiguousarray(offset), _unit_mask(rois, output_size, x.dtype),
-        output_size, spatial_scale, sampling_ratio, gamma, True, True, tuple(x.shape), True)
-    return grad_x, grad_offset
+    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
+                                             spatial_scale, sampling_ratio, gamma)
