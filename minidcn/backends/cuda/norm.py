@@ -2,8 +2,8 @@
 
 The same kernels, formulas and closed-form backward as ``backends/reference/norm.py``
 (read its docstring first: the signatures and the derivation are there).  The scalar
-formulas (r = 1/√(σ² + ε), the running-statistics update, batch norm's gradient means) are
-written once in ``formulas/norm.py`` and compiled here with ``for_gpu``.
+formulas (r = 1/√(σ² + ε), the running-statistics update, the gradient sums and means of
+the backward) are written once in ``formulas/norm.py`` and compiled here with ``for_gpu``.
 
 Arrays are CudaArrays; the statistics are float64 CudaArrays.  Sums start from
 ``float64(0)`` and values that meet float32 data are cast with ``float64(...)``: on the GPU
@@ -36,6 +36,7 @@ __all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "bat
 
 inverse_std = for_gpu(formulas.inverse_std)
 running_update = for_gpu(formulas.running_update)
+add_channel_terms = for_gpu(formulas.add_channel_terms)
 gradient_means = for_gpu(formulas.gradient_means)
 
 
@@ -133,8 +134,7 @@ def _group_norm_backward_kernel(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta
             if t == 0:
                 dbeta_part[n, c] = s_dy
                 dgamma_part[n, c] = r * s_dy_xc
-            sum_h += gamma[c] * s_dy
-            sum_h_xhat += gamma[c] * r * s_dy_xc
+            sum_h, sum_h_xhat = add_channel_terms(sum_h, sum_h_xhat, s_dy, s_dy_xc, r, gamma[c])
         mean_h = sum_h / size
         mean_h_xhat = sum_h_xhat / size
         for i in range(t, size, step):

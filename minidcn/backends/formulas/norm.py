@@ -10,7 +10,10 @@ and batch norm's running statistics move toward the batch's, the variance unbias
 
     running ← (1 - m) running + m batch,   batch variance = σ² · M / (M - 1).
 
-Backward, with Σdy and Σdy (x - μ) summed over S, batch norm's
+Backward, with h = γ_c dy (the gradient reaching x̂), group norm's
+dx = r (h - mean_S(h) - x̂ mean_S(h x̂)) needs Σ_S h = Σ_c γ_c Σdy and
+Σ_S h x̂ = Σ_c γ_c r Σdy (x - μ), channel by channel (Σ over the channel's values in S); and
+with Σdy and Σdy (x - μ) summed over S, batch norm's
 dx = γ r (dy - mean(dy) - x̂ mean(dy x̂)) needs mean(dy) = Σdy / M and
 mean(dy x̂) = r Σdy (x - μ) / M; in evaluation mode μ and r are constants and both are 0.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["inverse_std", "running_update", "gradient_means"]
+__all__ = ["inverse_std", "running_update", "add_channel_terms", "gradient_means"]
 
 
 def inverse_std(var, eps):
@@ -38,6 +41,12 @@ def running_update(running_mean, running_var, mean, var, momentum, count):
     unbiased = var * (count / (count - 1))
     return ((1.0 - momentum) * running_mean + momentum * mean,
             (1.0 - momentum) * running_var + momentum * unbiased)
+
+
+def add_channel_terms(sum_h, sum_h_xhat, sum_dy, sum_dy_xc, r, gamma_c):
+    """(Σh, Σh x̂) of a group after adding channel c, whose values give Σdy and Σdy (x - μ):
+    Σh + γ_c Σdy and Σh x̂ + γ_c r Σdy (x - μ)  (h = γ_c dy, x̂ = (x - μ) r)."""
+    return sum_h + gamma_c * sum_dy, sum_h_xhat + gamma_c * r * sum_dy_xc
 
 
 def gradient_means(sum_dy, sum_dy_xc, r, size, training):

@@ -2,8 +2,8 @@
 
 The same kernels, formulas and closed-form backward as ``backends/reference/norm.py``
 (read its docstring first: the signatures and the derivation are there).  The scalar
-formulas (r = 1/√(σ² + ε), the running-statistics update, batch norm's gradient means) are
-written once in ``formulas/norm.py`` and compiled here with ``for_cpu``.
+formulas (r = 1/√(σ² + ε), the running-statistics update, the gradient sums and means of
+the backward) are written once in ``formulas/norm.py`` and compiled here with ``for_cpu``.
 
 How the work is split:
 
@@ -36,6 +36,7 @@ __all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "bat
 
 inverse_std = for_cpu(formulas.inverse_std)
 running_update = for_cpu(formulas.running_update)
+add_channel_terms = for_cpu(formulas.add_channel_terms)
 gradient_means = for_cpu(formulas.gradient_means)
 
 
@@ -131,8 +132,7 @@ def _group_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta_part):
             sum_dy, sum_dy_xc = row_sum_and_dot(dy[n, c], x[n, c], mu)
             dbeta_part[n, c] = sum_dy
             dgamma_part[n, c] = r * sum_dy_xc
-            sum_h += gamma[c] * sum_dy
-            sum_h_xhat += gamma[c] * r * sum_dy_xc
+            sum_h, sum_h_xhat = add_channel_terms(sum_h, sum_h_xhat, sum_dy, sum_dy_xc, r, gamma[c])
         mean_h = sum_h / size
         mean_h_xhat = sum_h_xhat / size
         x_coef = -r * r * mean_h_xhat
