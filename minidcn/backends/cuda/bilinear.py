@@ -4,12 +4,12 @@ The formula and its conventions are in ``backends/reference/bilinear.py``:
 
     x(p) = Σ_q G(q, p) x(q),   G(q, p) = g(q_y, p_y) g(q_x, p_x),   g(a, b) = max(0, 1 - |a - b|).
 
-Three device helpers are shared with the deformable convolution (``cuda/deform_conv.py``):
-``bilinear_weights`` (the corner, the four weights and their derivatives for one point),
-``interpolate`` (Σ_i w_i x(q_i) over the four neighbours) and ``read_pixel`` (one neighbour's
-value); both read 0 outside the image (zero padding).  They are the numba_cpu backend's
-helpers (``numba_cpu/bilinear.py``), the same Python source compiled as device functions,
-so the two backends cannot drift apart.
+The scalar formulas (``bilinear_weights``: the corner, the four weights and their
+derivatives for one point; ``interpolate``: Σ_i w_i x(q_i); ``add_corner_products`` and
+``corner_sum``: the corner sums S_i and the position gradient Σ_i w_dy_i S_i, Σ_i w_dx_i S_i)
+are written once in ``formulas/bilinear.py`` and compiled here as device functions with
+``for_gpu``; the numba_cpu backend compiles the same source, so the two cannot drift
+apart, and the deformable convolution (``cuda/deform_conv.py``) uses them too.
 
 The scatter into a neighbour (nothing outside the image) uses ``cuda.atomic.add``, because
 several points can share a neighbour.  It is written in each kernel body rather than in a
@@ -29,22 +29,15 @@ from numba import cuda
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
-from ..numba_cpu import bilinear as host_bilinear
+from ..formulas import bilinear as formulas
+from ..formulas import for_gpu
 
 __all__ = ["bilinear_sample_forward", "bilinear_sample_backward"]
 
-
-def _on_device(host_function):
-    """The Python source of a numba_cpu helper, compiled as a device function.
-
-    (With NUMBA_DISABLE_JIT=1 the helper is already a plain Python function.)
-    """
-    return cuda.jit(device=True)(getattr(host_function, "py_func", host_function))
-
-
-bilinear_weights = _on_device(host_bilinear.bilinear_weights)
-interpolate = _on_device(host_bilinear.interpolate)
-read_pixel = _on_device(host_bilinear.read_pixel)
+bilinear_weights = for_gpu(formulas.bilinear_weights)
+interpolate = for_gpu(formulas.interpolate)
+add_corner_products = for_gpu(formulas.add_corner_products)
+corner_sum = for_gpu(formulas.corner_sum)
 
 
 @cuda.jit
@@ -69,20 +62,17 @@ def _sample_backward_kernel(grad_out, x, points, grad_x, grad_points):
     for t in range(cuda.grid(1), points.shape[0] * n_points, cuda.gridsize(1)):
         b, p = t // n_points, t % n_points
         inside, y0, x0, w, w_dy, w_dx = bilinear_weights(points[b, p, 0], points[b, p, 1], x.shape[2], x.shape[3])
-        s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
+        s = (0.0, 0.0, 0.0, 0.0)
         if inside:
             for c in range(x.shape[1]):
                 g = grad_out[b, c, p]
-                s00 += g * read_pixel(x, b, c, y0, x0)
-                s01 += g * read_pixel(x, b, c, y0, x0 + 1)
-                s10 += g * read_pixel(x, b, c, y0 + 1, x0)
-                s11 += g * read_pixel(x, b, c, y0 + 1, x0 + 1)
+                s = add_corner_products(s, g, x, b, c, y0, x0)
                 for i in range(4):  # corner i is (y0 + i // 2, x0 + i % 2)
                     qy, qx = y0 + i // 2, x0 + i % 2
                     if 0 <= qy < x.shape[2] and 0 <= qx < x.shape[3]:
                         cuda.atomic.add(grad_x, (b, c, qy, qx), w[i] * g)
-        grad_points[b, p, 0] = w_dy[0] * s00 + w_dy[1] * s01 + w_dy[2] * s10 + w_dy[3] * s11
-        grad_points[b, p, 1] = w_dx[0] * s00 + w_dx[1] * s01 + w_dx[2] * s10 + w_dx[3] * s11
+        grad_points[b, p, 0] = corner_sum(w_dy, s)
+        grad_points[b, p, 1] = corner_sum(w_dx, s)
 
 
 def bilinear_sample_forward(x, points):

@@ -8,8 +8,9 @@ Forward, in two kernels:
 
 1. ``_im2col_kernel``: one thread per sampling point (image n, offset group g, kernel point k,
    output pixel p).  It computes the corner and the bilinear weights once
-   (``bilinear_weights``, shared with ``cuda/bilinear.py``) and writes the masked sample of
-   every channel of the group into the column buffer cols[n, c·K + k, p]  (K = kh·kw);
+   (``bilinear_weights`` from ``formulas/bilinear.py``, compiled in ``cuda/bilinear.py``)
+   and writes the masked sample of every channel of the group into the column buffer
+   cols[n, c·K + k, p]  (K = kh·kw);
 2. ``_output_kernel``: the GEMM written as one thread per output value,
    y[n, o, p] = b[o] + Σ_{c in o's group, k} w[o, c, k] · cols[n, c·K + k, p].
    Neighbouring threads take neighbouring p, so the reads of cols are coalesced and the
@@ -36,7 +37,7 @@ from numba import cuda
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
-from .bilinear import bilinear_weights, interpolate, read_pixel
+from .bilinear import add_corner_products, bilinear_weights, corner_sum, interpolate
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]
 
@@ -127,23 +128,20 @@ def _col2im_kernel(x, offset, mask, has_mask, grad_cols, grad_x, grad_offset, gr
     for t in range(cuda.grid(1), n_points, cuda.gridsize(1)):
         n, g, k, oy, ox, m, inside, y0, x0, w, w_dy, w_dx = _sampling_point(x, offset, mask, has_mask, t, geometry)
         p = oy * offset.shape[3] + ox
-        s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
+        s = (0.0, 0.0, 0.0, 0.0)
         if inside:
             for c in range(g * per_offset_group, (g + 1) * per_offset_group):
                 grad = grad_cols[n, c * points + k, p]
-                s00 += grad * read_pixel(x, n, c, y0, x0)
-                s01 += grad * read_pixel(x, n, c, y0, x0 + 1)
-                s10 += grad * read_pixel(x, n, c, y0 + 1, x0)
-                s11 += grad * read_pixel(x, n, c, y0 + 1, x0 + 1)
+                s = add_corner_products(s, grad, x, n, c, y0, x0)
                 for i in range(4):  # corner i is (y0 + i // 2, x0 + i % 2); atomics: see cuda/bilinear.py
                     qy, qx = y0 + i // 2, x0 + i % 2
                     if 0 <= qy < x.shape[2] and 0 <= qx < x.shape[3]:
                         cuda.atomic.add(grad_x, (n, c, qy, qx), m * w[i] * grad)
         dy_channel = g * 2 * points + 2 * k
-        grad_offset[n, dy_channel, oy, ox] = m * (w_dy[0] * s00 + w_dy[1] * s01 + w_dy[2] * s10 + w_dy[3] * s11)
-        grad_offset[n, dy_channel + 1, oy, ox] = m * (w_dx[0] * s00 + w_dx[1] * s01 + w_dx[2] * s10 + w_dx[3] * s11)
+        grad_offset[n, dy_channel, oy, ox] = m * corner_sum(w_dy, s)
+        grad_offset[n, dy_channel + 1, oy, ox] = m * corner_sum(w_dx, s)
         if has_mask:
-            grad_mask[n, g * points + k, oy, ox] = w[0] * s00 + w[1] * s01 + w[2] * s10 + w[3] * s11
+            grad_mask[n, g * points + k, oy, ox] = corner_sum(w, s)
 
 
 @cuda.jit

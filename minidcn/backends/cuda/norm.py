@@ -1,7 +1,9 @@
 """Group and batch normalisation as ``numba.cuda`` kernels (cuda backend).
 
 The same kernels, formulas and closed-form backward as ``backends/reference/norm.py``
-(read its docstring first: the signatures and the derivation are there).
+(read its docstring first: the signatures and the derivation are there).  The scalar
+formulas (r = 1/√(σ² + ε), the running-statistics update, the gradient sums and means of
+the backward) are written once in ``formulas/norm.py`` and compiled here with ``for_gpu``.
 
 Arrays are CudaArrays; the statistics are float64 CudaArrays.  Sums start from
 ``float64(0)`` and values that meet float32 data are cast with ``float64(...)``: on the GPU
@@ -21,22 +23,21 @@ per (n, c) by the blocks and then over n by one thread per channel.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import cuda, float64
 
 from ...device.array import CudaArray
 from ...device.launch import THREADS_PER_BLOCK, grid_for
+from ..formulas import for_gpu
+from ..formulas import norm as formulas
 
-__all__ = [
-    "group_norm_forward",
-    "group_norm_backward",
-    "batch_norm_stats",
-    "batch_norm_update_running",
-    "batch_norm_forward",
-    "batch_norm_backward",
-]
+__all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
+           "batch_norm_forward", "batch_norm_backward"]
+
+inverse_std = for_gpu(formulas.inverse_std)
+running_update = for_gpu(formulas.running_update)
+add_channel_terms = for_gpu(formulas.add_channel_terms)
+gradient_means = for_gpu(formulas.gradient_means)
 
 
 @cuda.jit(device=True)
@@ -95,7 +96,7 @@ def _group_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd):
             d = x[n, g, i] - mu
             squares += d * d
         var = block_sum(partials, squares) / size  # pass 2: the mean squared deviation
-        r = float64(1.0 / math.sqrt(var + eps))
+        r = float64(inverse_std(var, eps))
         for i in range(t, size, step):
             c = g * per_group + i // length
             y[n, g, i] = (x[n, g, i] - mu) * (r * gamma[c]) + beta[c]
@@ -133,8 +134,7 @@ def _group_norm_backward_kernel(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta
             if t == 0:
                 dbeta_part[n, c] = s_dy
                 dgamma_part[n, c] = r * s_dy_xc
-            sum_h += gamma[c] * s_dy
-            sum_h_xhat += gamma[c] * r * s_dy_xc
+            sum_h, sum_h_xhat = add_channel_terms(sum_h, sum_h_xhat, s_dy, s_dy_xc, r, gamma[c])
         mean_h = sum_h / size
         mean_h_xhat = sum_h_xhat / size
         for i in range(t, size, step):
@@ -213,10 +213,8 @@ def _batch_norm_stats_kernel(x, mean, var):
 def _update_running_kernel(running_mean, running_var, mean, var, momentum, count):
     """running ← (1 - m) running + m batch, with the unbiased variance var · count/(count-1)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
-        unbiased = var[c] * (count / (count - 1))
         old_mean, old_var = float64(running_mean[c]), float64(running_var[c])
-        running_mean[c] = (1.0 - momentum) * old_mean + momentum * mean[c]
-        running_var[c] = (1.0 - momentum) * old_var + momentum * unbiased
+        running_mean[c], running_var[c] = running_update(old_mean, old_var, mean[c], var[c], momentum, count)
 
 
 @cuda.jit
@@ -224,7 +222,7 @@ def _save_stats_kernel(mean, var, eps, save_mean, save_rstd):
     """Per channel, in float64: save_mean = μ_c, save_rstd = 1/√(var_c + ε)."""
     for c in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
         save_mean[c] = mean[c]
-        save_rstd[c] = 1.0 / math.sqrt(float64(var[c]) + eps)
+        save_rstd[c] = inverse_std(float64(var[c]), eps)
 
 
 @cuda.jit
@@ -258,8 +256,7 @@ def _batch_norm_backward_kernel(dy, x, save_mean, save_rstd, gamma, training, dx
         if t == 0:
             dbeta[c] = s_dy
             dgamma[c] = r * s_dy_xc
-        mean_dy = s_dy / size if training else 0.0
-        mean_dy_xhat = r * s_dy_xc / size if training else 0.0
+        mean_dy, mean_dy_xhat = gradient_means(s_dy, s_dy_xc, r, size, training)
         scale = gamma[c] * r
         for j in range(t, size, step):
             n, i = j // length, j % length

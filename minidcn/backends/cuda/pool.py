@@ -13,18 +13,21 @@ forward kernels run one thread per output element (one window).  The backward ke
   Overlapping windows (stride < kernel) can add into one pixel in any order, so in that
   case the last bits of a sum may differ from run to run.
 
-Accumulators start from ``zero``, a scalar of the arrays' dtype (see ``conv.py``).
+Accumulators start from ``zero``, a scalar of the arrays' dtype (see ``conv.py``).  The
+window itself (which kernel points lie inside the image, the max scan, the sum) is written
+once in ``formulas/pool.py`` and compiled here as device functions with ``for_gpu``; the
+numba_cpu backend compiles the same source.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import cuda
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
+from ..formulas import for_gpu
+from ..formulas import pool as formulas
 from ..reference.conv import output_size
 from .conv import source_index, unravel
 
@@ -32,14 +35,10 @@ __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "a
 
 NO_DILATION = (1, 1)
 
-
-@cuda.jit(device=True)
-def points_inside(start, dilation, kernel, size):
-    """[lo, hi): the kernel points u < kernel whose position start + u·d lies in [0, size)
-    (conditionals, not max/min: see ``clipped_span``)."""
-    lo = -(start // dilation) if start < 0 else 0   # ceil(-start / d)
-    hi = -((start - size) // dilation)              # ceil((size - start) / d)
-    return lo, hi if hi < kernel else kernel
+points_inside = for_gpu(formulas.points_inside)
+clipped_span = for_gpu(formulas.clipped_span)
+window_max = for_gpu(formulas.window_max)
+window_sum = for_gpu(formulas.window_sum)
 
 
 @cuda.jit
@@ -51,14 +50,7 @@ def max_pool_kernel(x, kernel_size, stride, padding, dilation, y, argmax):
         row0, col0 = i * stride[0] - padding[0], j * stride[1] - padding[1]
         u0, u1 = points_inside(row0, dilation[0], kernel_size[0], height)
         v0, v1 = points_inside(col0, dilation[1], kernel_size[1], width)
-        best, best_index = -np.inf, -1
-        for u in range(u0, u1):
-            row = row0 + u * dilation[0]
-            for v in range(v0, v1):
-                col = col0 + v * dilation[1]
-                value = x[b, c, row, col]
-                if best_index < 0 or value > best or math.isnan(value):
-                    best, best_index = value, row * width + col
+        best, best_index = window_max(x, b, c, row0, u0, u1, dilation[0], col0, v0, v1, dilation[1])
         y[b, c, i, j] = best
         argmax[b, c, i, j] = best_index
 
@@ -71,18 +63,6 @@ def max_unpool_kernel(grad_y, argmax, grad_x):
         b, c, i, j = unravel(index, grad_y.shape)
         target = argmax[b, c, i, j]
         cuda.atomic.add(grad_x, (b, c, target // width, target % width), grad_y[b, c, i, j])
-
-
-@cuda.jit(device=True)
-def clipped_span(start, size, limit):
-    """The part [lo, hi) of the window [start, start + size) that lies in [0, limit).
-
-    Written with conditionals: two-argument max/min do not compile on the CUDA target
-    since numba 0.66 (numba issue 10753), although the simulator accepts them.
-    """
-    lo = start if start > 0 else 0
-    hi = start + size if start + size < limit else limit
-    return lo, hi
 
 
 @cuda.jit(device=True)
@@ -103,10 +83,7 @@ def avg_pool_kernel(x, kernel_size, stride, padding, count_include_pad, zero, y)
         b, c, i, j = unravel(index, y.shape)
         row_lo, row_hi = clipped_span(i * stride[0] - padding[0], kernel_size[0], height)
         col_lo, col_hi = clipped_span(j * stride[1] - padding[1], kernel_size[1], width)
-        total = zero
-        for row in range(row_lo, row_hi):
-            for col in range(col_lo, col_hi):
-                total += x[b, c, row, col]
+        total = window_sum(x, b, c, row_lo, row_hi, col_lo, col_hi, zero)
         y[b, c, i, j] = total / avg_divisor(i, j, kernel_size, stride, padding, height, width,
                                             count_include_pad)
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .bilinear import bilinear_weights
+from .bilinear import bilinear_weights, corner_sum
 from .chunks import equal_chunks
 from .floating import REORDER
 
@@ -219,12 +219,11 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
                                 a01[t] += g01 * grad[t]
                                 a10[t] += g10 * grad[t]
                                 a11[t] += g11 * grad[t]
-                    grad_offset[n, dy_channel, oy, ox] = m[ox] * (
-                        w_dy[0] * s00 + w_dy[1] * s01 + w_dy[2] * s10 + w_dy[3] * s11)
-                    grad_offset[n, dy_channel + 1, oy, ox] = m[ox] * (
-                        w_dx[0] * s00 + w_dx[1] * s01 + w_dx[2] * s10 + w_dx[3] * s11)
+                    s = (s00, s01, s10, s11)
+                    grad_offset[n, dy_channel, oy, ox] = m[ox] * corner_sum(w_dy, s)
+                    grad_offset[n, dy_channel + 1, oy, ox] = m[ox] * corner_sum(w_dx, s)
                     if has_mask:
-                        grad_mask[n, og * points + k, oy, ox] = w[0] * s00 + w[1] * s01 + w[2] * s10 + w[3] * s11
+                        grad_mask[n, og * points + k, oy, ox] = corner_sum(w, s)
 
 
 # ----------------------------------------------------------------------------- host side

@@ -1,7 +1,9 @@
 """Group and batch normalisation as ``@njit`` loops (numba backend).
 
 The same kernels, formulas and closed-form backward as ``backends/reference/norm.py``
-(read its docstring first: the signatures and the derivation are there).
+(read its docstring first: the signatures and the derivation are there).  The scalar
+formulas (r = 1/√(σ² + ε), the running-statistics update, the gradient sums and means of
+the backward) are written once in ``formulas/norm.py`` and compiled here with ``for_cpu``.
 
 How the work is split:
 
@@ -22,21 +24,20 @@ How the work is split:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
+from ..formulas import for_cpu
+from ..formulas import norm as formulas
 from .floating import REORDER
 
-__all__ = [
-    "group_norm_forward",
-    "group_norm_backward",
-    "batch_norm_stats",
-    "batch_norm_update_running",
-    "batch_norm_forward",
-    "batch_norm_backward",
-]
+__all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
+           "batch_norm_forward", "batch_norm_backward"]
+
+inverse_std = for_cpu(formulas.inverse_std)
+running_update = for_cpu(formulas.running_update)
+add_channel_terms = for_cpu(formulas.add_channel_terms)
+gradient_means = for_cpu(formulas.gradient_means)
 
 
 @njit(cache=True, fastmath=REORDER)
@@ -97,7 +98,7 @@ def _group_norm_forward(x, num_groups, gamma, beta, eps, y, mean, rstd):
         n, g = job // num_groups, job % num_groups
         values = groups[job]
         mu = row_sum(values) / size  # pass 1: the mean
-        r = 1.0 / math.sqrt(row_squared_deviation(values, mu) / size + eps)  # pass 2
+        r = inverse_std(row_squared_deviation(values, mu) / size, eps)  # pass 2
         mean[n, g] = mu
         rstd[n, g] = r
         for c in range(g * per_group, (g + 1) * per_group):
@@ -131,8 +132,7 @@ def _group_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta_part):
             sum_dy, sum_dy_xc = row_sum_and_dot(dy[n, c], x[n, c], mu)
             dbeta_part[n, c] = sum_dy
             dgamma_part[n, c] = r * sum_dy_xc
-            sum_h += gamma[c] * sum_dy
-            sum_h_xhat += gamma[c] * r * sum_dy_xc
+            sum_h, sum_h_xhat = add_channel_terms(sum_h, sum_h_xhat, sum_dy, sum_dy_xc, r, gamma[c])
         mean_h = sum_h / size
         mean_h_xhat = sum_h_xhat / size
         x_coef = -r * r * mean_h_xhat
@@ -190,9 +190,8 @@ def _batch_norm_stats(x, mean, var):
 def _batch_norm_update_running(running_mean, running_var, mean, var, momentum, count):
     """running ← (1 - m) running + m batch, with the unbiased variance var · count/(count-1)."""
     for c in range(mean.shape[0]):
-        unbiased = var[c] * (count / (count - 1))
-        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean[c]
-        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * unbiased
+        running_mean[c], running_var[c] = running_update(running_mean[c], running_var[c], mean[c], var[c],
+                                                         momentum, count)
 
 
 @njit(cache=True, parallel=True, fastmath=REORDER)
@@ -204,7 +203,7 @@ def _batch_norm_forward(x, mean, var, gamma, beta, eps, y, save_mean, save_rstd)
     batch, channels, length = x.shape
     for c in prange(channels):
         mu = np.float64(mean[c])
-        r = 1.0 / math.sqrt(np.float64(var[c]) + eps)
+        r = inverse_std(np.float64(var[c]), eps)
         save_mean[c] = mu
         save_rstd[c] = r
         a = r * gamma[c]
@@ -234,8 +233,7 @@ def _batch_norm_backward(dy, x, save_mean, save_rstd, gamma, training, dx, dgamm
             sum_dy_xc += s_dy_xc
         dbeta[c] = sum_dy
         dgamma[c] = r * sum_dy_xc
-        mean_dy = sum_dy / size if training else 0.0
-        mean_dy_xhat = r * sum_dy_xc / size if training else 0.0
+        mean_dy, mean_dy_xhat = gradient_means(sum_dy, sum_dy_xc, r, size, training)
         scale = gamma[c] * r
         x_coef = -scale * r * mean_dy_xhat
         constant = scale * (mu * r * mean_dy_xhat - mean_dy)

@@ -6,7 +6,10 @@ each (image, channel) plane is one ``prange`` iteration that loops over its own 
 A thread only ever writes its own plane, forward or backward, and adds in a fixed order,
 so the results do not depend on the thread count.  Writing the loops out (rather than
 re-exporting the NumPy code) keeps this backend an independent check of the reference
-and makes the max-pool backward, a scatter, a plain loop instead of ``np.add.at``.
+and makes the max-pool backward, a scatter, a plain loop instead of ``np.add.at``.  The
+window itself (which kernel points lie inside the image, the max scan, the sum) is written
+once in ``formulas/pool.py`` and compiled here with ``for_cpu``; the cuda backend compiles
+the same source.
 """
 
 from __future__ import annotations
@@ -14,20 +17,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..formulas import for_cpu
+from ..formulas import pool as formulas
 from ..reference.conv import output_size
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
-
-@njit(cache=True)
-def points_inside(start, dilation, kernel, size):
-    """[lo, hi): the kernel points u < kernel whose position start + u·d lies in [0, size).
-
-    The scan skips the others (padding): a window far larger than the image costs the
-    image's size, as in torch, not the window's.
-    """
-    lo = max(0, -(start // dilation))               # ceil(-start / d)
-    return lo, min(kernel, -((start - size) // dilation))  # ceil((size - start) / d)
+points_inside = for_cpu(formulas.points_inside)
+clipped_span = for_cpu(formulas.clipped_span)
+window_max = for_cpu(formulas.window_max)
+window_sum = for_cpu(formulas.window_sum)
 
 
 @njit(cache=True, parallel=True)
@@ -43,14 +42,7 @@ def max_pool_planes(x, kernel_size, stride, padding, dilation, y, argmax):
             for j in range(out_w):
                 col0 = j * stride[1] - padding[1]
                 v0, v1 = points_inside(col0, dilation[1], kernel_size[1], width)
-                best, best_index = -np.inf, -1
-                for u in range(u0, u1):
-                    row = row0 + u * dilation[0]
-                    for v in range(v0, v1):
-                        col = col0 + v * dilation[1]
-                        value = x[b, c, row, col]
-                        if best_index < 0 or value > best or np.isnan(value):
-                            best, best_index = value, row * width + col
+                best, best_index = window_max(x, b, c, row0, u0, u1, dilation[0], col0, v0, v1, dilation[1])
                 y[b, c, i, j] = best
                 argmax[b, c, i, j] = best_index
 
@@ -68,29 +60,20 @@ def max_unpool_planes(grad_y, argmax, grad_x):
                 grad_x[b, c, index // width, index % width] += grad_y[b, c, i, j]
 
 
-@njit(cache=True)
-def clipped_window(start, kernel, size):
-    """[lo, hi): the positions start, ..., start + kernel - 1 that lie inside [0, size)."""
-    return max(start, 0), min(start + kernel, size)
-
-
 @njit(cache=True, parallel=True)
 def avg_pool_planes(x, kernel_size, stride, padding, count_include_pad, y):
     """y[b, c, i, j] = (sum of the window's pixels inside the image) / divisor."""
     batch, channels, height, width = x.shape
     kh, kw = kernel_size
+    zero = x.dtype.type(0)
     for plane in prange(batch * channels):
         b, c = plane // channels, plane % channels
         for i in range(y.shape[2]):
-            row0, row1 = clipped_window(i * stride[0] - padding[0], kh, height)
+            row0, row1 = clipped_span(i * stride[0] - padding[0], kh, height)
             for j in range(y.shape[3]):
-                col0, col1 = clipped_window(j * stride[1] - padding[1], kw, width)
+                col0, col1 = clipped_span(j * stride[1] - padding[1], kw, width)
                 divisor = kh * kw if count_include_pad else (row1 - row0) * (col1 - col0)
-                total = x.dtype.type(0)
-                for row in range(row0, row1):
-                    for col in range(col0, col1):
-                        total += x[b, c, row, col]
-                y[b, c, i, j] = total / divisor
+                y[b, c, i, j] = window_sum(x, b, c, row0, row1, col0, col1, zero) / divisor
 
 
 @njit(cache=True, parallel=True)
@@ -102,9 +85,9 @@ def avg_unpool_planes(grad_y, kernel_size, stride, padding, count_include_pad, g
         b, c = plane // channels, plane % channels
         grad_x[b, c] = 0
         for i in range(grad_y.shape[2]):
-            row0, row1 = clipped_window(i * stride[0] - padding[0], kh, height)
+            row0, row1 = clipped_span(i * stride[0] - padding[0], kh, height)
             for j in range(grad_y.shape[3]):
-                col0, col1 = clipped_window(j * stride[1] - padding[1], kw, width)
+                col0, col1 = clipped_span(j * stride[1] - padding[1], kw, width)
                 divisor = kh * kw if count_include_pad else (row1 - row0) * (col1 - col0)
                 share = grad_y[b, c, i, j] / divisor
                 for row in range(row0, row1):

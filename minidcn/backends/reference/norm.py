@@ -40,14 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = [
-    "group_norm_forward",
-    "group_norm_backward",
-    "batch_norm_stats",
-    "batch_norm_update_running",
-    "batch_norm_forward",
-    "batch_norm_backward",
-]
+__all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
+           "batch_norm_forward", "batch_norm_backward"]
 
 
 def _affine(weight, bias, channels):
