@@ -12,6 +12,10 @@ backend module asks for it, and numba compiles a device function lazily, when th
 kernel that calls it is compiled, so no driver is needed to import a backend.  The
 ``reference`` backend, written in NumPy to be read, states the same formulas over whole
 arrays.
+
+numba's on-disk cache (``cache=True``) checks only the source file of the kernel it caches,
+not the files of the formulas that kernel inlined: after editing a formula here, delete the
+cached kernels (``find minidcn -name '*.nbi' -delete``) or touch the backend files that use it.
 """
 
 from __future__ import annotations
