@@ -17,6 +17,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (p
 import minidcn.onnx as monnx  # noqa: E402
 from minidcn import Tensor, nn, no_grad  # noqa: E402
 from minidcn import functional as F  # noqa: E402
+from minidcn.scene_network import build_network  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -74,15 +75,9 @@ def lesson06_dcn(rng):
 
 
 def lesson07_network(rng):
-    """Lesson 07's network: three stacked DeformConv2d and a 1x1 classifier per unit."""
-    return randomise(nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.DeformConv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.DeformConv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.DeformConv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 11, 1),
-    ), rng)
+    """Lesson 07's network itself (minidcn.scene_network: three stacked DeformConv2d and a
+    1x1 classifier per unit)."""
+    return randomise(build_network(seed=7), rng)
 
 
 class EveryOp(nn.Module):
