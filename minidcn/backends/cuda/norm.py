@@ -34,10 +34,8 @@ from ..formulas import norm as formulas
 __all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
            "batch_norm_forward", "batch_norm_backward"]
 
-inverse_std = for_gpu(formulas.inverse_std)
-running_update = for_gpu(formulas.running_update)
-add_channel_terms = for_gpu(formulas.add_channel_terms)
-gradient_means = for_gpu(formulas.gradient_means)
+inverse_std, running_update, add_channel_terms, gradient_means = for_gpu(
+    formulas.inverse_std, formulas.running_update, formulas.add_channel_terms, formulas.gradient_means)
 
 
 @cuda.jit(device=True)
