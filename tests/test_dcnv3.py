@@ -23,11 +23,21 @@ from hypothesis import strategies as st
 from minidcn import Tensor
 from minidcn import functional as F
 from minidcn.backends import numba_cpu, reference
-from minidcn.backends.reference.dcnv3 import kernel_points, sampling_locations
+from minidcn.backends.reference.dcnv3 import sampling_locations
 from helpers import gradcheck_on, on, run, tensors
 
 
 # ----------------------------------------------------------------------------- cases
+def kernel_points(kernel_size, remove_center):
+    """(i, j) = (column, row) of the P kernel points as SEMANTICS.md states them: x-major,
+    p = i kh + j, the centre (kw // 2, kh // 2) left out with remove_center (written here
+    again, not imported, so that the tests pin the layout down)."""
+    kh, kw = kernel_size
+    i, j = np.divmod(np.arange(kh * kw), kh)
+    keep = ~(remove_center & (i == kw // 2) & (j == kh // 2))
+    return i[keep], j[keep]
+
+
 def output_size(size, kernel, stride, padding, dilation):
     return tuple((n + 2 * p - (d * (k - 1) + 1)) // s + 1
                  for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
