@@ -213,8 +213,9 @@ def test_numba_is_bitwise_identical_for_one_or_two_threads():
 
 def test_numba_kernels_accept_any_memory_layout():
     case = dcn_case(seed=5)
-    strided = dict(case, x=np.asfortranarray(case["x"]), grad=case["grad"][..., ::-1][..., ::-1],
-                   offset=np.asfortranarray(case["offset"]), mask=np.asfortranarray(case["mask"]))
+    strided = {k: np.asfortranarray(v) if k in ("x", "grad", "offset", "mask") else v
+               for k, v in case.items()}
+    assert not strided["grad"].flags.c_contiguous
     for version in ((3, False), (4, True)):
         for a, b in zip(kernels_of(numba_cpu, strided, *version),
                         kernels_of(numba_cpu, case, *version), strict=True):
@@ -386,6 +387,17 @@ def test_nonfinite_and_huge_offsets_read_zero_and_get_zero_gradient(backend_name
     assert np.all(grad_offset.reshape(pairs.shape)[bad] == 0.0)
     assert np.all(grad_mask.reshape(bad.shape)[bad] == 0.0)
     assert np.all(np.isfinite(grad_offset)) and np.all(np.isfinite(grad_mask))
+
+
+def test_huge_padding_and_stride_read_outside_without_overflow(backend_name):
+    """Integer arguments near the 2**31 - 1 limit: every location is about -2**30, far outside,
+    so the output and the offset and mask gradients are 0 (no wrapped index reads the image)."""
+    x = np.random.default_rng(18).standard_normal((1, 2, 3, 2))
+    kwargs = dict(kernel_size=3, stride=2**31 - 1, padding=2**30, dilation=1, group=1)
+    out, grads = run(backend_name, dcnv3_of(kwargs), x, np.full((1, 2, 2, 18), 0.5),
+                     np.ones((1, 2, 2, 9)))
+    assert out.shape == (1, 2, 2, 2) and np.all(out == 0.0)
+    assert all(np.all(g == 0.0) for g in grads)
 
 
 def test_empty_batch_gives_empty_output_and_gradients(backend_name):
