@@ -18,6 +18,14 @@ own out[n, q, m·D:(m + 1)·D].  The backward pass scatters into grad_value with
 last bits of grad_value in float, may vary between runs; each thread writes the gradients of
 its own points, grad_locations[n, q, m] and grad_attention_weights[n, q, m], alone.
 spatial_shapes is copied to the device (L pairs) at each call.
+
+Rounding on a real GPU.  NVVM fuses a multiply and an add into one FMA (numba's CUDA target
+allows it even without fastmath; the PTX shows ``fma.rn.f64`` for v H - 0.5), so there the
+pixel position is rounded once where the reference rounds twice.  A location that lands
+exactly on a pixel coordinate, where the one-sided position gradient jumps, can then fall
+one rounding below it and take the gradient from the other side.  The simulator, in which
+the tests run, rounds as the reference does; the numba_cpu kernels keep strict arithmetic
+for this reason.
 """
 
 from __future__ import annotations

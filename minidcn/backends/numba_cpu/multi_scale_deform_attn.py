@@ -20,8 +20,14 @@ What makes it fast:
   which the compiler turns into vector instructions.  The scalar formulas are written once
   in ``formulas/bilinear.py`` and ``formulas/multi_scale_deform_attn.py``, compiled here
   with ``for_cpu`` and inlined into the loops.
-* **Reordered sums** (``fastmath=REORDER``, see ``floating.py``): the backward's per-corner
-  dot product S_i = Σ_d g_d value[q_i, d] runs as a vector reduction.
+* **Reordered sums, only in the channel loops.**  The two loops over d (``_add_scaled`` and
+  ``_scatter_and_dot``) are compiled with ``fastmath=REORDER`` (see ``floating.py``): the
+  backward's per-neighbour dot product S_i = Σ_d g_d value[q_i, d] runs as a vector
+  reduction, and multiply-adds fuse into FMAs.  LLVM inlines both into the kernels.  The
+  kernels themselves keep strict IEEE arithmetic, because a fused u W - 0.5 (one rounding
+  instead of two) can move a point that sits exactly on a pixel, where the one-sided
+  position gradient jumps, to just below it: its pixel position must round exactly as the
+  reference computes it.
 
 Threads and races.  The forward pass gives each thread whole (n, q, m) triples: it owns
 out[n, q, m·D:(m + 1)·D].  The backward pass scatters into grad_value, and any query can
