@@ -293,8 +293,14 @@ def test_empty_batch_gives_an_empty_output_and_zero_gradients(backend_name):
 def test_spatial_shapes_may_be_a_list_or_any_integer_array_and_the_op_keeps_a_copy():
     value, shapes, locations, weights, g = case(13)
     expected = forward_and_grads("numba", value, shapes, locations, weights, g)
-    for given in (shapes.tolist(), tuple(map(tuple, shapes.tolist())), shapes.astype(np.int32),
-                  shapes.astype(np.uint8)):
+    givens = [shapes.tolist(), tuple(map(tuple, shapes.tolist())), shapes.astype(np.int32),
+              shapes.astype(np.uint8), np.array(shapes.tolist(), dtype=object)]
+    try:
+        import torch
+        givens.append(torch.tensor(shapes))  # a torch long tensor reads as an int64 array
+    except ImportError:
+        pass
+    for given in givens:
         got = forward_and_grads("numba", value, given, locations, weights, g)
         for e, r in zip(expected, got):
             np.testing.assert_array_equal(r, e)
