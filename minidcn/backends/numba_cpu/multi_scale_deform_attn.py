@@ -62,7 +62,7 @@ corner_rows = for_cpu(formulas.corner_rows)
 def _forward(value, spatial_shapes, locations, weights, out):
     """out[n, q, m, :] = Σ_l Σ_p Σ_i A[n, q, m, l, p] w_i value[n, row_i, m, :]; one thread
     per (n, q, m), the channel loop innermost."""
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    _, queries, heads, levels, points = weights.shape
     for t in prange(weights.shape[0] * queries * heads):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         out[n, q, m, :] = 0.0
@@ -116,7 +116,7 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
         grad_A         = Σ_i w_i S_i                    (the sampled value against g)
         grad_loc (u)   = W_l · A · Σ_i w_dx_i S_i,   grad_loc (v) = H_l · A · Σ_i w_dy_i S_i
     """
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    _, queries, heads, levels, points = weights.shape
     for t in prange(weights.shape[0] * heads):
         n, m = t // heads, t % heads
         grad_value[n, :, m, :] = 0.0
@@ -125,8 +125,8 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
             for level in range(levels):
                 height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
                 for p in range(points):
-                    y, x = level_pixel(locations[n, q, m, level, p, 0], locations[n, q, m, level, p, 1],
-                                       height, width)
+                    y, x = level_pixel(locations[n, q, m, level, p, 0],
+                                       locations[n, q, m, level, p, 1], height, width)
                     inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
                     a = weights[n, q, m, level, p]
                     rows = corner_rows(y0, x0, height, width, start) if inside else (-1, -1, -1, -1)
