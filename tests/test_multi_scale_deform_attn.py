@@ -10,7 +10,8 @@
   the weight (and many levels and points are the sum of those); the op is linear in value
   and its value gradient is the adjoint; the pixel-centre and edge conventions;
   NaN, infinite and huge locations read 0 and get gradient 0;
-* every argument's refusals, before any kernel runs;
+* every argument's refusals, before any kernel runs (the empty batch is in
+  test_empty_batches.py);
 * a cross-check against a pure-torch implementation with ``grid_sample`` (skipped without torch).
 """
 
@@ -281,16 +282,6 @@ def test_nan_infinite_huge_and_far_locations_read_zero_with_zero_gradient(backen
     np.testing.assert_allclose(grad_locations[~hit], clean[2][~hit], rtol=0, atol=1e-13)
     np.testing.assert_allclose(grad_weights[~hit], clean[3][~hit], rtol=0, atol=1e-13)
     assert all(np.isfinite(a).all() for a in (out, grad_value, grad_locations, grad_weights))
-
-
-def test_empty_batch_gives_an_empty_output_and_zero_gradients(backend_name):
-    value, shapes, locations, weights, _ = case(12)
-    with on(backend_name) as device:
-        v, loc, a = tensors(device, value[:0], locations[:0], weights[:0], requires_grad=True)
-        out = msda(v, shapes, loc, a)
-        assert out.shape == (0, 3, 6)
-        out.sum().backward()
-        assert [t.grad.shape for t in (v, loc, a)] == [v.shape, loc.shape, a.shape]
 
 
 def test_spatial_shapes_may_be_a_list_or_any_integer_array_and_the_op_keeps_a_copy():
