@@ -66,6 +66,8 @@ CASES = {
     "sum of 0-d": (lambda a: F.sum(F.exp(a), 0), [np.array(0.7)]),
     "getitem repeats": (lambda a: a[[0, 2, 0], 1:], [uniform(27, (3, 2))]),
     "getitem tensor index": (lambda a: a[Tensor([1.0, 1.0, 0.0])], [uniform(28, (2, 2))]),
+    "cat dim 0": (lambda a, b: F.cat([a, b]), [uniform(57, (2, 3)), uniform(58, (1, 3))]),
+    "cat last dim": (lambda a, b: F.cat((a, b), -1), [uniform(59, (2, 2, 1)), uniform(60, (2, 2, 3))]),
     "matmul 2d": (F.matmul, [uniform(29, (2, 3)), uniform(30, (3, 2))]),
     "matmul batched broadcast": (F.matmul, [uniform(31, (2, 1, 2, 2)), uniform(32, (3, 2, 2))]),
     "matmul 1d @ 2d": (F.matmul, [uniform(33, (3,)), uniform(34, (3, 2))]),
