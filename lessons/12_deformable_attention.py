@@ -42,7 +42,7 @@ from minidcn.scene_network import IMAGE_SIZE, MAP_SIZE, make_scenes, unit_labels
 from minidcn.scene_network import train as train_steps
 
 QUICK = quick()
-N_TRAIN, EPOCHS = (1200, 4) if QUICK else (3000, 8)
+N_TRAIN, EPOCHS = (1600, 5) if QUICK else (3000, 6)
 N_TEST = 300 if QUICK else 600
 SEED = 7  # initial weights and the order of the batches
 print(f"{'quick' if QUICK else 'full'} run: {N_TRAIN} training scenes, {EPOCHS} epochs, "
@@ -225,17 +225,81 @@ check(sum(h * w for h, w in LEVEL_SHAPES) == 765, "the value has 24² + 12² + 6
       "positions")
 
 # %% [markdown]
-# ## 4. Training, and what the network finds and names
+# ## 4. Where a query reads before training: the directional pattern
 #
-# Three numbers on the test scenes, after every epoch:
+# The module predicts its offsets and weights from the query with two linear layers. It
+# starts them as Deformable DETR does: the weights of both at zero, so that before training
+# every query reads the same pattern whatever it holds. The offsets' bias puts head m's
+# points on a ray at angle θ_m = 2π m / M (0°, 90°, 180°, 270° for M = 4), point k at
+# k + 1 *pixels of each level* along it (the direction scaled to the square, so the
+# diagonal heads of M = 8 would reach the corners); the attention's bias is zero, so the
+# softmax gives all L·P = 16 points of a head the weight 1/16. A level of stride s pixels
+# thus spreads the same pattern over s times as many image pixels: the coarse levels reach
+# across the image from the first step.
 #
-# * **units**: the share of object units that name their digit (chance: 10%) and of
-#   background units that say background;
+# `where_it_reads(network, images)` returns, for every query, the normalised (x, y) of its
+# 64 sampling points and their weights, as the module computed them in its forward. We check
+# the pattern on the untrained network, for every query of a few test scenes.
+
+# %%
+def where_it_reads(network, images, batch=100):
+    """Every query's sampling locations (N, 144, M, L, P, 2), normalised (x, y), and attention
+    weights (N, 144, M, L, P), computed as the module's forward computes them: offsets from
+    its ``sampling_offsets`` layer, in pixels of each level, added to the reference point;
+    weights from its ``attention_weights`` layer, a softmax over each head's L·P points."""
+    attention, locations, weights = network.attention, [], []
+    with no_grad():
+        for i in range(0, len(images), batch):
+            query, _ = network.queries_and_value(network_input(images[i:i + batch]))
+            n, q = query.shape[:2]
+            offsets = attention.sampling_offsets(query).numpy().reshape(
+                n, q, HEADS, LEVELS, POINTS, 2)
+            logits = attention.attention_weights(query).numpy().reshape(n, q, HEADS, -1)
+            logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            weights.append((logits / logits.sum(axis=-1, keepdims=True)).reshape(
+                n, q, HEADS, LEVELS, POINTS))
+            locations.append(REFERENCE_POINTS[:, :, None, None, None, :]
+                             + offsets / LEVEL_SHAPES[None, None, None, :, None, ::-1])
+    return np.concatenate(locations), np.concatenate(weights)
+
+
+def pattern_in_pixels(num_heads, num_levels, num_points):
+    """The starting offsets, in pixels of each level: (M, L, P, 2) as (dx, dy)."""
+    theta = 2 * np.pi * np.arange(num_heads) / num_heads
+    direction = np.stack([np.cos(theta), np.sin(theta)], -1)
+    direction /= np.abs(direction).max(axis=-1, keepdims=True)
+    steps = np.arange(1, num_points + 1)[None, None, :, None]
+    return np.broadcast_to(direction[:, None, None, :] * steps,
+                           (num_heads, num_levels, num_points, 2))
+
+
+initial = PyramidAttention(SEED)  # the same seed: the very weights `model` starts from
+locations, weights = where_it_reads(initial, test.images[:8])
+level_size = LEVEL_SHAPES[:, ::-1]  # (W_l, H_l): one pixel of level l is 1 / W_l in x
+expected = (REFERENCE_POINTS[:, :, None, None, None, :]
+            + pattern_in_pixels(HEADS, LEVELS, POINTS)[None, None] / level_size[:, None, :])
+check(np.allclose(locations, np.broadcast_to(expected, locations.shape), rtol=0, atol=1e-6),
+      "untrained, every query's head m reads point k at k + 1 level pixels from its reference "
+      "point, at angle 2π m / M")
+check(np.allclose(weights, 1 / (LEVELS * POINTS), rtol=0, atol=1e-7),
+      f"untrained, every point has the attention weight 1 / (L·P) = 1/{LEVELS * POINTS}")
+
+# %% [markdown]
+# ## 5. Training, and what the network finds and names
+#
+# We measure on the test scenes, before training and after every epoch:
+#
+# * **object units**: the share of object units that name their digit (chance: 10%), and
+#   **background units**: the share of background units that say background;
 # * **found**: the share of scenes whose most object-like unit (the lowest background
-#   probability) lies on the digit, that is, its target is not background. A unit drawn at
-#   random would be on it as often as object units are among all units (printed above);
+#   probability) lies on the digit, its target not background. The digit is the only ink
+#   in the scene, so even the untrained network's most object-like unit is often on it
+#   (epoch 0 below): finding is the easy half;
 # * **named**: the share of scenes where the digit with the most probability summed over all
 #   144 units is the scene's digit (chance: 10%).
+#
+# The training is lesson 07's loop with batches of 8 and a learning rate of 5·10⁻³, its other
+# settings unchanged.
 
 # %%
 def predict(network, images, batch=100):
@@ -263,12 +327,191 @@ def evaluate(network, scenes, targets):
             "found unit": found_unit, "named digit": named}
 
 
-history = []
+history = []  # the measures before training (epoch 0) and after each epoch
 
 
-def report(epoch, loss):
-    history.append((loss, evaluate(model, test, test_targets)))
-    measured = history[-1][1]
-    print(f"epoch {epoch}: mean training loss {loss:.3f}; test: object units "
-          f"{measured['object units']:.3f}, background units {measured['background units']:.3f}, "
-          f"found {measured['found']:.3f}, named {measured['named']:.3f}")
+def report(epoch, loss=None):
+    history.append(evaluate(model, test, test_targets))
+    measured = history[-1]
+    print(f"epoch {epoch}: " + ("" if loss is None else f"mean training loss {loss:.3f}; ")
+          + f"test: object units {measured['object units']:.3f}, background units "
+          f"{measured['background units']:.3f}, found {measured['found']:.3f}, named "
+          f"{measured['named']:.3f}")
+
+# %%
+BATCH, LEARNING_RATE = 8, 5e-3
+report(0)
+losses = train_steps(model, network_input(train.images).numpy(), train_targets, epochs=EPOCHS,
+                     seed=SEED, batch=BATCH, learning_rate=LEARNING_RATE, on_epoch=report)
+untrained, final = history[0], history[-1]
+check(losses[-1] < 0.7 * math.log(11), f"the last epoch's mean training loss fell to "
+      f"{losses[-1]:.3f}, below 0.7 ln 11 (a uniform guess)")
+check(final["background units"] > 0.9, f"it says background on {final['background units']:.1%} "
+      "of the background units")
+NAMING_FLOOR = 0.15 if QUICK else 0.6  # chance is 0.10; see the text below for what we measured
+check(final["object units"] > NAMING_FLOOR, f"it names the digit on {final['object units']:.1%} "
+      f"of the object units, above {NAMING_FLOOR:.0%} (chance: 10%)")
+check(final["named"] > NAMING_FLOOR, f"it names the scene's digit in {final['named']:.1%} of "
+      f"the test scenes, above {NAMING_FLOOR:.0%} (chance: 10%)")
+check(final["found"] > 0.9, f"its most object-like unit lies on the digit in "
+      f"{final['found']:.1%} of the test scenes (untrained: {untrained['found']:.1%})")
+
+# %% [markdown]
+# ## 6. One query's 64 points, before and after training
+#
+# We follow one query: in the test scene whose large digit (28 px or more) lies nearest the
+# image centre, the unit that holds the digit's centre. Each panel shows one level, over the
+# scene: the level's pixel grid, the query's reference point, and the 16 points its 4 heads
+# read on that level (a marker per head), coloured by attention weight. A normalised (u, v)
+# is drawn at the image pixel (48 u - 0.5, 48 v - 0.5), the place it means on every level.
+# Points may fall outside the image: they read zeros there (the bilinear rules of lesson 03),
+# and the panels show a margin of half an image around it.
+
+# %%
+with no_grad():
+    scenes_shown = network_input(test.images[:4])
+    query, value = model.queries_and_value(scenes_shown)
+    module_output = model.attention(query, np.broadcast_to(REFERENCE_POINTS, (4, 144, 2)).astype(
+        np.float32), value, LEVEL_SHAPES).numpy()
+    where, weight = where_it_reads(model, test.images[:4])
+    heads_value = F.reshape(model.attention.value_proj(value), (4, -1, HEADS, EMBED // HEADS))
+    rebuilt = model.attention.output_proj(F.multi_scale_deform_attn(
+        heads_value, LEVEL_SHAPES, where.astype(np.float32), weight.astype(np.float32))).numpy()
+print(f"largest difference: {np.abs(module_output - rebuilt).max():.1e}")
+check(np.allclose(module_output, rebuilt, rtol=0, atol=1e-4),
+      "the trained module's output = its output projection of multi_scale_deform_attn at "
+      "where_it_reads' locations and weights (float32)")
+# %%
+sizes = test.sizes.astype(float)
+centres = test.affines[:, :, 2]  # (y, x) of each digit's centre, in pixels
+large = np.flatnonzero(sizes >= 28)
+scene = large[np.argmin(np.abs(centres[large] - (IMAGE_SIZE - 1) / 2).sum(axis=1))]
+row, col = np.clip(np.floor((centres[scene] + 0.5) / (IMAGE_SIZE // MAP_SIZE)), 0,
+                   MAP_SIZE - 1).astype(int)
+query = row * MAP_SIZE + col
+check(test_targets[scene, row, col] == test.labels[scene] + 1,
+      f"the followed query, unit ({row}, {col}) of test scene {scene}, lies on its "
+      f"{sizes[scene]:.0f} px digit {test.labels[scene]}")
+shown = {"before training": [a[0, query] for a in where_it_reads(initial, test.images[[scene]])],
+         f"after {EPOCHS} epochs": [a[0, query] for a in where_it_reads(model, test.images[[scene]])]}
+
+HEAD_MARKERS = ("o", "s", "^", "D")
+REFERENCE_STYLE = dict(marker="*", s=220, color="white", edgecolors="black", linewidths=1.2,
+                       zorder=4)
+MARGIN = IMAGE_SIZE / 2
+BOX_COLOUR = "tab:orange"
+top_weight = max(float(w.max()) for _, w in shown.values())
+fig, axes = plt.subplots(2, LEVELS, figsize=(14, 6.8), sharex=True, sharey=True,
+                         layout="constrained")
+for r, (stage, (where, weight)) in enumerate(shown.items()):
+    pixels = where * IMAGE_SIZE - 0.5  # (M, L, P, 2) image (x, y)
+    for l in range(LEVELS):
+        ax = axes[r, l]
+        ax.imshow(test.images[scene, 0], cmap="gray", vmin=0, vmax=1,
+                  extent=(-0.5, IMAGE_SIZE - 0.5, IMAGE_SIZE - 0.5, -0.5))
+        edges = np.arange(0, IMAGE_SIZE + 1, LEVEL_STRIDES[l]) - 0.5
+        ax.hlines(edges, edges[0], edges[-1], color="tab:cyan", linewidth=0.4, alpha=0.7)
+        ax.vlines(edges, edges[0], edges[-1], color="tab:cyan", linewidth=0.4, alpha=0.7)
+        viz.draw_box(ax, test.boxes[scene], color=BOX_COLOUR, linewidth=1.2)
+        reference = REFERENCE_POINTS[0, query] * IMAGE_SIZE - 0.5
+        ax.scatter(*reference, **REFERENCE_STYLE)
+        for m in range(HEADS):
+            dots = ax.scatter(pixels[m, l, :, 0], pixels[m, l, :, 1], c=weight[m, l], s=55,
+                              marker=HEAD_MARKERS[m], cmap="plasma", vmin=0, vmax=top_weight,
+                              edgecolors="black", linewidths=0.6, zorder=3)
+        outside = np.abs(pixels[:, l] - (IMAGE_SIZE - 1) / 2).max(-1) > (IMAGE_SIZE / 2 + MARGIN)
+        ax.set_title(f"level {l}: {LEVEL_SHAPES[l, 0]}×{LEVEL_SHAPES[l, 1]}, stride "
+                     f"{LEVEL_STRIDES[l]} px\nweight here {weight[:, l].sum() / HEADS:.2f}, "
+                     f"{outside.sum()}/{HEADS * POINTS} points off the panel", fontsize=9)
+        ax.set_xlim(-MARGIN - 0.5, IMAGE_SIZE + MARGIN - 0.5)
+        ax.set_ylim(IMAGE_SIZE + MARGIN - 0.5, -MARGIN - 0.5)
+        if r == 1:
+            ax.set_xlabel("x (image pixels)")
+    axes[r, 0].set_ylabel(f"{stage}\ny (image pixels)")
+fig.colorbar(dots, ax=axes, shrink=0.85,
+             label="attention weight A (a head's 16 weights sum to 1)")
+key = [plt.Line2D([], [], linestyle="", **{k: v for k, v in REFERENCE_STYLE.items()
+                                           if k in ("marker", "color")},
+                  markeredgecolor="black", markersize=13, label="the query's reference point"),
+       Patch(facecolor="none", edgecolor=BOX_COLOUR, label="digit's box"),
+       plt.Line2D([], [], color="tab:cyan", linewidth=0.8, label="the level's pixel grid")]
+key += [plt.Line2D([], [], linestyle="", marker=HEAD_MARKERS[m], markerfacecolor="0.7",
+                   markeredgecolor="black", markersize=8, label=f"sampling point of head {m}")
+        for m in range(HEADS)]
+fig.legend(handles=key, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+fig.suptitle(f"one query's 4 heads × 4 points on each of the 4 levels, test scene {scene} "
+             f"(digit {test.labels[scene]}, {sizes[scene]:.0f} px): the directional starting "
+             "pattern (top)\nand where the trained network reads (bottom). \"weight here\": the "
+             "attention weight on the level, averaged over the heads", fontsize=10.5)
+save_figure(fig, "12_sampling_points.png")
+
+# %% [markdown]
+# The figure shows one query. Over every object unit of the test set, how much of a query's
+# attention falls on its digit (points inside the digit's box, the weights averaged over the
+# heads), and how far its points lie from its reference point, before and after training:
+
+# %%
+def on_the_digit(network, scenes, targets):
+    """Over the object units' queries: the mean share of attention weight at points inside
+    the digit's box, and the weighted mean distance of the points from the reference point
+    (image pixels)."""
+    where, weight = where_it_reads(network, scenes.images)  # (N, Q, M, L, P, 2), (N, Q, M, L, P)
+    pixels = where * IMAGE_SIZE - 0.5
+    box = scenes.boxes[:, None, None, None, None, :] - 0.5  # pixel-index coordinates
+    inside = ((box[..., 0] <= pixels[..., 0]) & (pixels[..., 0] <= box[..., 2])
+              & (box[..., 1] <= pixels[..., 1]) & (pixels[..., 1] <= box[..., 3]))
+    reference = REFERENCE_POINTS[:, :, None, None, None, :] * IMAGE_SIZE - 0.5
+    distance = np.linalg.norm(pixels - reference, axis=-1)
+    chosen = targets.reshape(len(targets), -1) > 0
+    share = (weight * inside).sum(axis=(2, 3, 4)) / HEADS
+    reach = (weight * distance).sum(axis=(2, 3, 4)) / HEADS
+    return float(share[chosen].mean()), float(reach[chosen].mean())
+
+
+attention_before = on_the_digit(initial, test, test_targets)
+attention_after = on_the_digit(model, test, test_targets)
+for stage, (share, reach) in (("before training", attention_before),
+                              ("after training", attention_after)):
+    print(f"{stage}: an object unit's query puts {share:.1%} of its attention on the digit; "
+          f"its points lie {reach:.1f} px from its reference point (weighted mean)")
+
+# %% [markdown]
+# ## 7. What the network finds and names
+#
+# The measures over the epochs, and a few test scenes with the unit where the network finds
+# the digit and the digit it names.
+
+# %%
+fig, (curve_ax, *scene_axes) = plt.subplots(1, 5, figsize=(14, 3.4),
+                                             width_ratios=(1.6, 1, 1, 1, 1))
+epochs = np.arange(len(history))
+for name, colour in (("object units", "tab:blue"), ("background units", "0.4"),
+                     ("found", "tab:green"), ("named", "tab:red")):
+    curve_ax.plot(epochs, [100 * measured[name] for measured in history], "o-",
+                  color=colour, label=name)
+curve_ax.axhline(10, color="black", linestyle=":", label="chance of naming a digit (10%)")
+curve_ax.set_xlabel("epoch (0: untrained)")
+curve_ax.set_ylabel("test accuracy (%)")
+curve_ax.set_ylim(0, 102)
+curve_ax.set_xticks(epochs)
+curve_ax.legend(fontsize=7.5, loc="lower right")
+curve_ax.grid(alpha=0.3)
+block = IMAGE_SIZE // MAP_SIZE
+for ax, i in zip(scene_axes, range(4)):
+    viz.show_image(ax, test.images[i])
+    viz.draw_box(ax, test.boxes[i], color=BOX_COLOUR, linewidth=1.2)
+    r, c = final["found unit"][i]
+    ax.add_patch(plt.Rectangle((c * block - 0.5, r * block - 0.5), block, block, fill=False,
+                               edgecolor="tab:green", linewidth=2))
+    right = final["named digit"][i] == test.labels[i]
+    ax.set_title(f"named {final['named digit'][i]} ({'right' if right else 'wrong'}: "
+                 f"digit {test.labels[i]})", fontsize=9, color="black" if right else "tab:red")
+key = [Patch(facecolor="none", edgecolor=BOX_COLOUR, label="digit's box"),
+       Patch(facecolor="none", edgecolor="tab:green", linewidth=2,
+             label="found: the most object-like unit (4×4 px)")]
+fig.legend(handles=key, loc="lower center", ncol=2, fontsize=9, frameon=False,
+           bbox_to_anchor=(0.62, -0.04))
+fig.suptitle("left: test accuracy after each epoch; right: the first test scenes, where the "
+             "trained network finds the digit and what it names it", fontsize=10.5)
+fig.tight_layout(rect=(0, 0.06, 1, 1))
+save_figure(fig, "12_found_and_named.png")
