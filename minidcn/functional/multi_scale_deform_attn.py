@@ -39,8 +39,8 @@ __all__ = ["multi_scale_deform_attn"]
 
 
 class MultiScaleDeformAttn(Function):
-    """out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](v H_l - 0.5, u W_l - 0.5);
-    gradients for value, sampling_locations and attention_weights (None for spatial_shapes).
+    """out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](v H_l - 0.5,
+    u W_l - 0.5); gradients for value, sampling_locations and attention_weights (None for spatial_shapes).
 
     ``ops`` is the backend that ``backends.kernels(device)`` picked: its
     ``multi_scale_deform_attn.py`` (``backends/numba_cpu/`` by default, ``reference/`` or

@@ -18,6 +18,14 @@ own out[n, q, m·D:(m + 1)·D].  The backward pass scatters into grad_value with
 last bits of grad_value in float, may vary between runs; each thread writes the gradients of
 its own points, grad_locations[n, q, m] and grad_attention_weights[n, q, m], alone.
 spatial_shapes is copied to the device (L pairs) at each call.
+
+Rounding on a real GPU.  NVVM fuses a multiply and an add into one FMA (numba's CUDA target
+allows it even without fastmath; the PTX shows ``fma.rn.f64`` for v H - 0.5), so there the
+pixel position is rounded once where the reference rounds twice.  A location that lands
+exactly on a pixel coordinate, where the one-sided position gradient jumps, can then fall
+one rounding below it and take the gradient from the other side.  The simulator, in which
+the tests run, rounds as the reference does; the numba_cpu kernels keep strict arithmetic
+for this reason.
 """
 
 from __future__ import annotations
@@ -41,8 +49,9 @@ corner_rows = for_gpu(formulas.corner_rows)
 
 @cuda.jit
 def _forward_kernel(value, spatial_shapes, locations, weights, out):
-    """out[n, q, m, :] = Σ_l Σ_p Σ_i A[n, q, m, l, p] w_i value[n, row_i, m, :]; one thread per (n, q, m)."""
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    """out[n, q, m, :] = Σ_l Σ_p Σ_i A[n, q, m, l, p] w_i value[n, row_i, m, :]; one thread per
+    (n, q, m)."""
+    _, queries, heads, levels, points = weights.shape
     for t in range(cuda.grid(1), weights.shape[0] * queries * heads, cuda.gridsize(1)):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         for d in range(value.shape[3]):
@@ -68,13 +77,13 @@ def _forward_kernel(value, spatial_shapes, locations, weights, out):
 @cuda.jit
 def _backward_kernel(grad_out, value, spatial_shapes, locations, weights, grad_value,
                      grad_locations, grad_weights):
-    """Scatter into grad_value (atomics) and reduce each point's gradients; one thread per (n, q, m).
+    """Scatter into grad_value (atomics), reduce each point's gradients; one thread per (n, q, m).
 
     With S_i = Σ_d g_d value[n, row_i, m, d] (g = grad_out[n, q, m, :]):
     grad_value[n, row_i, m, :] += A w_i g,  grad_A = Σ_i w_i S_i,
     grad_loc = (W_l A Σ_i w_dx_i S_i, H_l A Σ_i w_dy_i S_i).
     """
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    _, queries, heads, levels, points = weights.shape
     for t in range(cuda.grid(1), weights.shape[0] * queries * heads, cuda.gridsize(1)):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         start = 0

@@ -20,8 +20,14 @@ What makes it fast:
   which the compiler turns into vector instructions.  The scalar formulas are written once
   in ``formulas/bilinear.py`` and ``formulas/multi_scale_deform_attn.py``, compiled here
   with ``for_cpu`` and inlined into the loops.
-* **Reordered sums** (``fastmath=REORDER``, see ``floating.py``): the backward's per-corner
-  dot product S_i = Σ_d g_d value[q_i, d] runs as a vector reduction.
+* **Reordered sums, only in the channel loops.**  The two loops over d (``_add_scaled`` and
+  ``_scatter_and_dot``) are compiled with ``fastmath=REORDER`` (see ``floating.py``): the
+  backward's per-neighbour dot product S_i = Σ_d g_d value[q_i, d] runs as a vector
+  reduction, and multiply-adds fuse into FMAs.  LLVM inlines both into the kernels.  The
+  kernels themselves keep strict IEEE arithmetic, because a fused u W - 0.5 (one rounding
+  instead of two) can move a point that sits exactly on a pixel, where the one-sided
+  position gradient jumps, to just below it: its pixel position must round exactly as the
+  reference computes it.
 
 Threads and races.  The forward pass gives each thread whole (n, q, m) triples: it owns
 out[n, q, m·D:(m + 1)·D].  The backward pass scatters into grad_value, and any query can
@@ -56,7 +62,7 @@ corner_rows = for_cpu(formulas.corner_rows)
 def _forward(value, spatial_shapes, locations, weights, out):
     """out[n, q, m, :] = Σ_l Σ_p Σ_i A[n, q, m, l, p] w_i value[n, row_i, m, :]; one thread
     per (n, q, m), the channel loop innermost."""
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    _, queries, heads, levels, points = weights.shape
     for t in prange(weights.shape[0] * queries * heads):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         out[n, q, m, :] = 0.0
@@ -110,7 +116,7 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
         grad_A         = Σ_i w_i S_i                    (the sampled value against g)
         grad_loc (u)   = W_l · A · Σ_i w_dx_i S_i,   grad_loc (v) = H_l · A · Σ_i w_dy_i S_i
     """
-    queries, heads, levels, points = weights.shape[1], weights.shape[2], weights.shape[3], weights.shape[4]
+    _, queries, heads, levels, points = weights.shape
     for t in prange(weights.shape[0] * heads):
         n, m = t // heads, t % heads
         grad_value[n, :, m, :] = 0.0
@@ -119,8 +125,8 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
             for level in range(levels):
                 height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
                 for p in range(points):
-                    y, x = level_pixel(locations[n, q, m, level, p, 0], locations[n, q, m, level, p, 1],
-                                       height, width)
+                    y, x = level_pixel(locations[n, q, m, level, p, 0],
+                                       locations[n, q, m, level, p, 1], height, width)
                     inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
                     a = weights[n, q, m, level, p]
                     rows = corner_rows(y0, x0, height, width, start) if inside else (-1, -1, -1, -1)

@@ -71,20 +71,22 @@ def _pixel_points(locations, level, m, height, width):
 
 
 def multi_scale_deform_attn_forward(value, spatial_shapes, sampling_locations, attention_weights):
-    """out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](v H_l - 0.5, u W_l - 0.5)."""
+    """out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](y, x), as above."""
     n, _, heads, channels = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
     out = np.zeros((n, queries, heads, channels), dtype=value.dtype)
     for level, start, height, width in levels(spatial_shapes):
         for m in range(heads):
             image = _level_image(value, start, height, width, m)
-            sampled = bilinear_sample_forward(image, _pixel_points(sampling_locations, level, m, height, width))
-            sampled = sampled.reshape(n, channels, queries, points)  # s[n, d, q, p]
-            out[:, :, m, :] += np.einsum("nqp,ndqp->nqd", attention_weights[:, :, m, level, :], sampled)
+            pixels = _pixel_points(sampling_locations, level, m, height, width)
+            sampled = bilinear_sample_forward(image, pixels).reshape(n, channels, queries, points)
+            weights = attention_weights[:, :, m, level, :]  # A[n, q, p]
+            out[:, :, m, :] += np.einsum("nqp,ndqp->nqd", weights, sampled)  # s[n, d, q, p]
     return out.reshape(n, queries, heads * channels)
 
 
-def multi_scale_deform_attn_backward(grad_out, value, spatial_shapes, sampling_locations, attention_weights):
+def multi_scale_deform_attn_backward(grad_out, value, spatial_shapes, sampling_locations,
+                                     attention_weights):
     """(grad_value, grad_sampling_locations, grad_attention_weights) of L = Σ grad_out · out."""
     n, _, heads, channels = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
@@ -101,7 +103,7 @@ def multi_scale_deform_attn_backward(grad_out, value, spatial_shapes, sampling_l
             sampled = bilinear_sample_forward(image, pixels).reshape(n, channels, queries, points)
             grad_weights[:, :, m, level, :] = np.einsum("nqd,ndqp->nqp", g, sampled)
             # The gradient reaching sample s[n, d, q, p] is A[n, q, p] g[n, q, d].
-            grad_sampled = np.einsum("nqp,nqd->ndqp", weights, g).reshape(n, channels, queries * points)
+            grad_sampled = np.einsum("nqp,nqd->ndqp", weights, g).reshape(n, channels, -1)
             grad_image, grad_pixels = bilinear_sample_backward(grad_sampled, image, pixels)
             grad_value[:, start:start + height * width, m, :] += (
                 grad_image.reshape(n, channels, height * width).transpose(0, 2, 1))
