@@ -37,7 +37,7 @@ from matplotlib.patches import Patch
 
 from minidcn import Tensor, nn, no_grad, viz
 from minidcn import functional as F
-from minidcn.lessons_support import check, quick, save_figure
+from minidcn.lessons_support import check, defined_at, quick, save_figure
 from minidcn.scene_network import IMAGE_SIZE, MAP_SIZE, make_scenes, unit_labels
 from minidcn.scene_network import train as train_steps
 
@@ -219,6 +219,7 @@ class PyramidAttention(nn.Module):
 
 model = PyramidAttention(SEED)
 print(model)
+print(f"the attention's forward: {defined_at(nn.MultiScaleDeformableAttention.forward)}")
 print(f"{sum(p.numel() for p in model.parameters())} parameters, of which the attention "
       f"has {sum(p.numel() for p in model.attention.parameters())}")
 check(sum(h * w for h, w in LEVEL_SHAPES) == 765, "the value has 24² + 12² + 6² + 3² = 765 "
@@ -230,16 +231,19 @@ check(sum(h * w for h, w in LEVEL_SHAPES) == 765, "the value has 24² + 12² + 6
 # The module predicts its offsets and weights from the query with two linear layers. It
 # starts them as Deformable DETR does: the weights of both at zero, so that before training
 # every query reads the same pattern whatever it holds. The offsets' bias puts head m's
-# points on a ray at angle θ_m = 2π m / M (0°, 90°, 180°, 270° for M = 4), point k at
-# k + 1 *pixels of each level* along it (the direction scaled to the square, so the
-# diagonal heads of M = 8 would reach the corners); the attention's bias is zero, so the
+# points on a ray at angle θ_m = 2π m / M (0°, 90°, 180°, 270° for M = 4: right, down,
+# left, up, as image rows grow downwards), point k at k + 1 *pixels of each level* along it
+# (the direction scaled to the square, so the diagonal heads of M = 8 would reach the
+# corners); the attention's bias is zero, so the
 # softmax gives all L·P = 16 points of a head the weight 1/16. A level of stride s pixels
 # thus spreads the same pattern over s times as many image pixels: the coarse levels reach
 # across the image from the first step.
 #
 # `where_it_reads(network, images)` returns, for every query, the normalised (x, y) of its
-# 64 sampling points and their weights, as the module computed them in its forward. We check
-# the pattern on the untrained network, for every query of a few test scenes.
+# 64 sampling points and their weights, computed from the module's two layers as its forward
+# computes them (read `MultiScaleDeformableAttention.forward` in `minidcn/nn/attention.py`;
+# section 6 checks that the two agree). We check the pattern on the untrained network, for
+# every query of a few test scenes.
 
 # %%
 def where_it_reads(network, images, batch=100):
@@ -254,33 +258,22 @@ def where_it_reads(network, images, batch=100):
             n, q = query.shape[:2]
             offsets = attention.sampling_offsets(query).numpy().reshape(
                 n, q, HEADS, LEVELS, POINTS, 2)
-            logits = attention.attention_weights(query).numpy().reshape(n, q, HEADS, -1)
-            logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            weights.append((logits / logits.sum(axis=-1, keepdims=True)).reshape(
-                n, q, HEADS, LEVELS, POINTS))
+            logits = F.reshape(attention.attention_weights(query), (n, q, HEADS, -1))
+            weights.append(F.softmax(logits, -1).numpy().reshape(n, q, HEADS, LEVELS, POINTS))
             locations.append(REFERENCE_POINTS[:, :, None, None, None, :]
                              + offsets / LEVEL_SHAPES[None, None, None, :, None, ::-1])
     return np.concatenate(locations), np.concatenate(weights)
 
 
-def pattern_in_pixels(num_heads, num_levels, num_points):
-    """The starting offsets, in pixels of each level: (M, L, P, 2) as (dx, dy)."""
-    theta = 2 * np.pi * np.arange(num_heads) / num_heads
-    direction = np.stack([np.cos(theta), np.sin(theta)], -1)
-    direction /= np.abs(direction).max(axis=-1, keepdims=True)
-    steps = np.arange(1, num_points + 1)[None, None, :, None]
-    return np.broadcast_to(direction[:, None, None, :] * steps,
-                           (num_heads, num_levels, num_points, 2))
-
-
 initial = PyramidAttention(SEED)  # the same seed: the very weights `model` starts from
 locations, weights = where_it_reads(initial, test.images[:8])
-level_size = LEVEL_SHAPES[:, ::-1]  # (W_l, H_l): one pixel of level l is 1 / W_l in x
-expected = (REFERENCE_POINTS[:, :, None, None, None, :]
-            + pattern_in_pixels(HEADS, LEVELS, POINTS)[None, None] / level_size[:, None, :])
+DIRECTIONS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # (dx, dy) of θ = 0°, 90°, 180°, 270°
+steps = DIRECTIONS[:, None, None, :] * np.arange(1, POINTS + 1)[None, None, :, None]  # level px
+level_pixel = 1 / LEVEL_SHAPES[:, ::-1]  # one pixel of level l: (1 / W_l, 1 / H_l) normalised
+expected = REFERENCE_POINTS[:, :, None, None, None, :] + steps * level_pixel[None, :, None, :]
 check(np.allclose(locations, np.broadcast_to(expected, locations.shape), rtol=0, atol=1e-6),
-      "untrained, every query's head m reads point k at k + 1 level pixels from its reference "
-      "point, at angle 2π m / M")
+      "untrained, every query's head m reads its points k = 0..3 at k + 1 pixels of each level "
+      "from its reference point: head 0 to the right, 1 down, 2 left, 3 up")
 check(np.allclose(weights, 1 / (LEVELS * POINTS), rtol=0, atol=1e-7),
       f"untrained, every point has the attention weight 1 / (L·P) = 1/{LEVELS * POINTS}")
 
