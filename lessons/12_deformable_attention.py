@@ -11,8 +11,9 @@
 # * an offset Δp_{mlk} from the reference point, and
 # * an attention weight A_{mlk}, a softmax over the L·P points of the head,
 #
-# and returns Σ_l Σ_k A_{mlk} · x_l(p̂_l + Δp_{mlk}), head by head, where x_l(·) reads
-# level l at a fractional position. That reading is the bilinear sampling G(q, p) of lesson
+# and returns Σ_l Σ_k A_{mlk} · x_l(p̂_l + Δp_{mlk}), head by head, where p̂_l is the
+# reference point in level l's pixels and x_l(·) reads the head's channels of level l at a
+# fractional position. That reading is the bilinear sampling G(q, p) of lesson
 # 03, the offsets are those of lesson 04, and the weights play the part of lesson 05's
 # masks. This lesson:
 #
@@ -148,11 +149,11 @@ def network_input(images):
 # %% [markdown]
 # ## 3. A four-level pyramid, and the attention on top
 #
-#     conv 3×3, 1→16 · ReLU · max-pool 2        48×48 → 24×24   level 0 (after a 1×1 conv to 32)
-#     conv 3×3, 16→32 · ReLU · max-pool 2       24×24 → 12×12
-#     conv 3×3, 32→32 · ReLU                    12×12           level 1, and the queries
-#     conv 3×3, 32→32 · ReLU · max-pool 2       12×12 → 6×6     level 2
-#     max-pool 2                                6×6 → 3×3       level 3
+#     conv 3×3, 1→16 · ReLU · max-pool 2     48×48 → 24×24   level 0, after a 1×1 conv 16→32
+#     conv 3×3, 16→32 · ReLU · max-pool 2    24×24 → 12×12
+#     conv 3×3, 32→32 · ReLU                 12×12           level 1, and the queries
+#     conv 3×3, 32→32 · ReLU · max-pool 2    12×12 → 6×6     level 2
+#     max-pool 2                             6×6 → 3×3       level 3
 #
 # Level l has stride 2^(l+1) pixels: 24×24, 12×12, 6×6 and 3×3 positions, 765 in all, each
 # with 32 channels. Flattened row by row and joined (`functional.cat`), they are the `value`
@@ -166,7 +167,8 @@ def network_input(images):
 # two-layer perceptron turns the result into 11 scores, one per class.
 #
 # The network is trained with lesson 07's loop (`scene_network.train`: Adam with a cosine
-# schedule, batches of 16, a loss that weighs object units and background units equally).
+# schedule, and a loss that weighs object units and background units equally); section 5
+# gives its batch size and learning rate.
 
 # %%
 EMBED, HEADS, LEVELS, POINTS = 32, 4, 4, 4
@@ -222,8 +224,12 @@ print(model)
 print(f"the attention's forward: {defined_at(nn.MultiScaleDeformableAttention.forward)}")
 print(f"{sum(p.numel() for p in model.parameters())} parameters, of which the attention "
       f"has {sum(p.numel() for p in model.attention.parameters())}")
-check(sum(h * w for h, w in LEVEL_SHAPES) == 765, "the value has 24² + 12² + 6² + 3² = 765 "
-      "positions")
+with no_grad():
+    queries, value = model.queries_and_value(network_input(test.images[:2]))
+positions = 24**2 + 12**2 + 6**2 + 3**2
+check(queries.shape == (2, 144, EMBED) and value.shape == (2, positions, EMBED),
+      f"two scenes give queries {queries.shape} and a value {value.shape}: 24² + 12² + 6² + 3² = "
+      "765 positions")
 
 # %% [markdown]
 # ## 4. Where a query reads before training: the directional pattern
@@ -234,10 +240,9 @@ check(sum(h * w for h, w in LEVEL_SHAPES) == 765, "the value has 24² + 12² + 6
 # points on a ray at angle θ_m = 2π m / M (0°, 90°, 180°, 270° for M = 4: right, down,
 # left, up, as image rows grow downwards), point k at k + 1 *pixels of each level* along it
 # (the direction scaled to the square, so the diagonal heads of M = 8 would reach the
-# corners); the attention's bias is zero, so the
-# softmax gives all L·P = 16 points of a head the weight 1/16. A level of stride s pixels
-# thus spreads the same pattern over s times as many image pixels: the coarse levels reach
-# across the image from the first step.
+# corners); the attention's bias is zero, so the softmax gives all L·P = 16 points of a
+# head the weight 1/16. A level of stride s pixels thus spreads the same pattern over s
+# times as many image pixels: the coarse levels reach across the image from the first step.
 #
 # `where_it_reads(network, images)` returns, for every query, the normalised (x, y) of its
 # 64 sampling points and their weights, computed from the module's two layers as its forward
@@ -265,9 +270,12 @@ def where_it_reads(network, images, batch=100):
     return np.concatenate(locations), np.concatenate(weights)
 
 
-initial = PyramidAttention(SEED)  # the same seed: the very weights `model` starts from
+initial = PyramidAttention(SEED)  # kept untrained, for the comparisons after training
+check(all(np.array_equal(a, b) for a, b in zip(initial.state_dict().values(),
+                                               model.state_dict().values())),
+      "the same seed builds the same initial weights: `initial` is `model` before training")
 locations, weights = where_it_reads(initial, test.images[:8])
-DIRECTIONS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # (dx, dy) of θ = 0°, 90°, 180°, 270°
+DIRECTIONS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # (dx, dy) at 0°, 90°, 180°, 270°
 steps = DIRECTIONS[:, None, None, :] * np.arange(1, POINTS + 1)[None, None, :, None]  # level px
 level_pixel = 1 / LEVEL_SHAPES[:, ::-1]  # one pixel of level l: (1 / W_l, 1 / H_l) normalised
 expected = REFERENCE_POINTS[:, :, None, None, None, :] + steps * level_pixel[None, :, None, :]
@@ -310,7 +318,7 @@ def evaluate(network, scenes, targets):
     on_object = targets > 0
     predicted = probabilities.argmax(axis=1)
     n = len(scenes.images)
-    found = (probabilities[:, 0].reshape(n, -1).argmin(axis=1))
+    found = probabilities[:, 0].reshape(n, -1).argmin(axis=1)
     found_unit = np.stack(np.unravel_index(found, (MAP_SIZE, MAP_SIZE)), -1)
     named = probabilities[:, 1:].sum(axis=(2, 3)).argmax(axis=1)
     return {"object units": float((predicted[on_object] == targets[on_object]).mean()),
@@ -359,12 +367,15 @@ check(final["found"] > 0.9, f"its most object-like unit lies on the digit in "
 # is drawn at the image pixel (48 u - 0.5, 48 v - 0.5), the place it means on every level.
 # Points may fall outside the image: they read zeros there (the bilinear rules of lesson 03),
 # and the panels show a margin of half an image around it.
+#
+# First, the promise of section 4: the locations and weights `where_it_reads` computes are
+# the module's. Given to `multi_scale_deform_attn` between the module's value and output
+# projections, they must give the module's output, on the trained network.
 
 # %%
 with no_grad():
-    scenes_shown = network_input(test.images[:4])
-    query, value = model.queries_and_value(scenes_shown)
-    module_output = model.attention(query, np.broadcast_to(REFERENCE_POINTS, (4, 144, 2)).astype(
+    queries, value = model.queries_and_value(network_input(test.images[:4]))
+    module_output = model.attention(queries, np.broadcast_to(REFERENCE_POINTS, (4, 144, 2)).astype(
         np.float32), value, LEVEL_SHAPES).numpy()
     where, weight = where_it_reads(model, test.images[:4])
     heads_value = F.reshape(model.attention.value_proj(value), (4, -1, HEADS, EMBED // HEADS))
@@ -374,6 +385,7 @@ print(f"largest difference: {np.abs(module_output - rebuilt).max():.1e}")
 check(np.allclose(module_output, rebuilt, rtol=0, atol=1e-4),
       "the trained module's output = its output projection of multi_scale_deform_attn at "
       "where_it_reads' locations and weights (float32)")
+
 # %%
 sizes = test.sizes.astype(float)
 centres = test.affines[:, :, 2]  # (y, x) of each digit's centre, in pixels
@@ -381,12 +393,12 @@ large = np.flatnonzero(sizes >= 28)
 scene = large[np.argmin(np.abs(centres[large] - (IMAGE_SIZE - 1) / 2).sum(axis=1))]
 row, col = np.clip(np.floor((centres[scene] + 0.5) / (IMAGE_SIZE // MAP_SIZE)), 0,
                    MAP_SIZE - 1).astype(int)
-query = row * MAP_SIZE + col
+followed = row * MAP_SIZE + col  # the query's index, row by row
 check(test_targets[scene, row, col] == test.labels[scene] + 1,
       f"the followed query, unit ({row}, {col}) of test scene {scene}, lies on its "
       f"{sizes[scene]:.0f} px digit {test.labels[scene]}")
-shown = {"before training": [a[0, query] for a in where_it_reads(initial, test.images[[scene]])],
-         f"after {EPOCHS} epochs": [a[0, query] for a in where_it_reads(model, test.images[[scene]])]}
+shown = {stage: [a[0, followed] for a in where_it_reads(network, test.images[[scene]])]
+         for stage, network in (("before training", initial), (f"after {EPOCHS} epochs", model))}
 
 HEAD_MARKERS = ("o", "s", "^", "D")
 REFERENCE_STYLE = dict(marker="*", s=220, color="white", edgecolors="black", linewidths=1.2,
@@ -406,7 +418,7 @@ for r, (stage, (where, weight)) in enumerate(shown.items()):
         ax.hlines(edges, edges[0], edges[-1], color="tab:cyan", linewidth=0.4, alpha=0.7)
         ax.vlines(edges, edges[0], edges[-1], color="tab:cyan", linewidth=0.4, alpha=0.7)
         viz.draw_box(ax, test.boxes[scene], color=BOX_COLOUR, linewidth=1.2)
-        reference = REFERENCE_POINTS[0, query] * IMAGE_SIZE - 0.5
+        reference = REFERENCE_POINTS[0, followed] * IMAGE_SIZE - 0.5
         ax.scatter(*reference, **REFERENCE_STYLE)
         for m in range(HEADS):
             dots = ax.scatter(pixels[m, l, :, 0], pixels[m, l, :, 1], c=weight[m, l], s=55,
