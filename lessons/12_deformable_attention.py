@@ -293,9 +293,9 @@ check(np.allclose(weights, 1 / (LEVELS * POINTS), rtol=0, atol=1e-7),
 # * **object units**: the share of object units that name their digit (chance: 10%), and
 #   **background units**: the share of background units that say background;
 # * **found**: the share of scenes whose most object-like unit (the lowest background
-#   probability) lies on the digit, its target not background. The digit is the only ink
-#   in the scene, so even the untrained network's most object-like unit is often on it
-#   (epoch 0 below): finding is the easy half;
+#   probability) lies on the digit, its target not background. Untrained (epoch 0 below),
+#   this is an accident of the random start; after one epoch it is nearly always so: the
+#   digit is the only ink in the scene, and finding it is the easy half;
 # * **named**: the share of scenes where the digit with the most probability summed over all
 #   144 units is the scene's digit (chance: 10%).
 #
