@@ -453,3 +453,30 @@ def test_attention_block_matches_torch():
     arrays = [randn(2, 3, 6, seed=101), rng(102).uniform(0.1, 0.9, (2, 3, 2, 2)),
               randn(2, 26, 6, seed=103)]
     compare_with_torch(torch, block, arrays, lambda b, q, r, v: b(q, r, v, shapes), torch_block)
+
+
+# ---------------------------------------------------------------------------- building blocks
+def test_xavier_uniform_and_constant_overwrite_a_parameter_in_place():
+    conv_weight = nn.Parameter(np.zeros((6, 2, 3, 3), np.float32))
+    same = nn.init.xavier_uniform_(conv_weight, rng(110))
+    assert same is conv_weight and conv_weight.dtype == np.float32
+    bound = math.sqrt(6 / (2 * 9 + 6 * 9))  # fans: in 2·3·3, out 6·3·3, as torch counts them
+    w = conv_weight.numpy()
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert nn.init.constant_(conv_weight, 0.25) is conv_weight
+    assert np.all(conv_weight.numpy() == 0.25)
+    with pytest.raises(ValueError, match=r"xavier_uniform_: the weight must be at least 2-D "
+                                         r"\(fan_out, fan_in, ...\), got shape \(3,\)"):
+        nn.init.xavier_uniform_(nn.Parameter(np.zeros(3)))
+
+
+def test_permute_module():
+    x = randn(2, 3, 4, 5)
+    np.testing.assert_array_equal(nn.Permute((0, 2, 3, 1))(Tensor(x)).numpy(),
+                                  x.transpose(0, 2, 3, 1))
+    assert repr(nn.Permute([0, 2, 3, 1])) == "Permute(dims=(0, 2, 3, 1))"
+    with pytest.raises(ValueError, match=r"Permute: dims must be a permutation of 0..2, got "
+                                         r"\(0, 1, 1\)"):
+        nn.Permute((0, 1, 1))
+    with pytest.raises(TypeError, match="Permute: dims must be a tuple of ints, got 3"):
+        nn.Permute(3)

@@ -55,7 +55,7 @@ class _Block(Module):
     """What DCNv3 and DCNv4 share: the checked arguments, the two projections, the input check."""
 
     def __init__(self, channels, kernel_size, stride, padding, dilation, group, offset_scale,
-                 remove_center, generator, dtype):
+                 remove_center):
         super().__init__()
         fn = type(self).__name__
         self.channels = check_int(fn, "channels", channels, 1)
@@ -66,7 +66,6 @@ class _Block(Module):
         self.group = check_int(fn, "group", group, 1)
         self.offset_scale = check_float(fn, "offset_scale", offset_scale)
         self.remove_center = _flag(fn, "remove_center", remove_center)
-        self.dtype = _layer_dtype(fn, dtype)
         if self.channels % self.group:
             raise ValueError(f"{fn}: channels = {channels} must be divisible by group = {group} "
                              f"(G groups of D = C / G channels)")
@@ -95,16 +94,16 @@ class _Block(Module):
                     f"where the offsets are predicted (one per pixel); with kernel_size {k} "
                     f"and dilation {d} the {axis} needs {needed}")
 
-    def _projection(self, generator):
+    def _projection(self, generator, dtype):
         """Linear(C, C) with xavier-uniform weight and zero bias, as both papers initialise it."""
-        layer = Linear(self.channels, self.channels, generator=generator, dtype=self.dtype)
+        layer = Linear(self.channels, self.channels, generator=generator, dtype=dtype)
         init.xavier_uniform_(layer.weight, generator)
         init.constant_(layer.bias, 0.0)
         return layer
 
-    def _zero_head(self, out_features, generator):
+    def _zero_head(self, out_features, generator, dtype):
         """Linear(C, out_features) with weight and bias zero: offsets 0, equal logits."""
-        layer = Linear(self.channels, out_features, generator=generator, dtype=self.dtype)
+        layer = Linear(self.channels, out_features, generator=generator, dtype=dtype)
         init.constant_(layer.weight, 0.0)
         init.constant_(layer.bias, 0.0)
         return layer
@@ -151,20 +150,21 @@ class DCNv3(_Block):
     def __init__(self, channels, kernel_size=3, stride=1, padding=1, dilation=1, group=4,
                  offset_scale=1.0, remove_center=False, *, generator=None, dtype=np.float32):
         super().__init__(channels, kernel_size, stride, padding, dilation, group, offset_scale,
-                         remove_center, generator, dtype)
+                         remove_center)
         self._check_same_grid(depthwise=True)
+        dtype = _layer_dtype("DCNv3", dtype)
         c, (kh, kw) = self.channels, self.kernel_size
-        self.input_proj = self._projection(generator)
+        self.input_proj = self._projection(generator, dtype)
         self.dw_conv = Sequential(
             Conv2d(c, c, self.kernel_size, stride=self.stride,
                    padding=((kh - 1) // 2, (kw - 1) // 2), groups=c, generator=generator,
-                   dtype=self.dtype),
+                   dtype=dtype),
             Sequential(Permute((0, 2, 3, 1)),
-                       LayerNorm(c, eps=1e-6, channels_last=True, dtype=self.dtype)),
+                       LayerNorm(c, eps=1e-6, channels_last=True, dtype=dtype)),
             GELU())
-        self.offset = self._zero_head(self.group * self.points * 2, generator)
-        self.mask = self._zero_head(self.group * self.points, generator)
-        self.output_proj = self._projection(generator)
+        self.offset = self._zero_head(self.group * self.points * 2, generator, dtype)
+        self.mask = self._zero_head(self.group * self.points, generator, dtype)
+        self.output_proj = self._projection(generator, dtype)
 
     def forward(self, input):
         x = self._checked_input(input)
@@ -195,16 +195,17 @@ class DCNv4(_Block):
     def __init__(self, channels, kernel_size=3, stride=1, padding=1, dilation=1, group=4,
                  offset_scale=1.0, remove_center=False, *, generator=None, dtype=np.float32):
         super().__init__(channels, kernel_size, stride, padding, dilation, group, offset_scale,
-                         remove_center, generator, dtype)
+                         remove_center)
         if self.stride != (1, 1):
             raise ValueError(f"DCNv4: stride must be 1, got {stride}: the offsets and modulation "
                              f"are predicted per input pixel, so the output stays on the input "
                              f"grid")
         self._check_same_grid(depthwise=False)
-        self.value_proj = self._projection(generator)
+        dtype = _layer_dtype("DCNv4", dtype)
+        self.value_proj = self._projection(generator, dtype)
         packed = self.group * 3 * self.points
-        self.offset_mask = self._zero_head(8 * math.ceil(packed / 8), generator)
-        self.output_proj = self._projection(generator)
+        self.offset_mask = self._zero_head(8 * math.ceil(packed / 8), generator, dtype)
+        self.output_proj = self._projection(generator, dtype)
 
     def forward(self, input):
         x = self._checked_input(input)
