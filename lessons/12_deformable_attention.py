@@ -301,6 +301,13 @@ check(np.allclose(weights, 1 / (LEVELS * POINTS), rtol=0, atol=1e-7),
 #
 # The training is lesson 07's loop with batches of 8 and a learning rate of 5·10⁻³, its other
 # settings unchanged.
+#
+# The checks after training ask that more than 15% (quick run) or 60% (full run) of the object
+# units, and of the scenes, be named right; chance is 10%. When this lesson was written, with
+# seed 7 and, to see the spread, seed 8, the quick run named 63% and 64% of the object units
+# and 71% and 67% of the scenes; the full run 96% and 95% of the units, 93% and 91% of the
+# scenes. The floors sit far below what a trained network reaches and far above what a
+# network that never learned to tell the digits apart could.
 
 # %%
 def predict(network, images, batch=100):
@@ -349,7 +356,7 @@ check(losses[-1] < 0.7 * math.log(11), f"the last epoch's mean training loss fel
       f"{losses[-1]:.3f}, below 0.7 ln 11 (a uniform guess)")
 check(final["background units"] > 0.9, f"it says background on {final['background units']:.1%} "
       "of the background units")
-NAMING_FLOOR = 0.15 if QUICK else 0.6  # chance is 0.10; see the text below for what we measured
+NAMING_FLOOR = 0.15 if QUICK else 0.6  # chance is 0.10; the text above says what we measured
 check(final["object units"] > NAMING_FLOOR, f"it names the digit on {final['object units']:.1%} "
       f"of the object units, above {NAMING_FLOOR:.0%} (chance: 10%)")
 check(final["named"] > NAMING_FLOOR, f"it names the scene's digit in {final['named']:.1%} of "
@@ -534,11 +541,19 @@ save_figure(fig, "12_found_and_named.png")
 # by each level's stride, with equal weights.
 #
 # Trained on lesson 07's task, one query per unit, the network learns to name the digit
-# well above chance, on units and on whole scenes; finding the digit was easy from the
-# start, the digit being the only ink. The table of section 6 says how the queries changed
-# where they read, averaged over the object units: whether more of their attention fell on
-# the digit, how far out they read, and which levels they came to weigh. The figure shows the
-# same for one query: its points leave the starting cross, and its weights stop being equal,
-# level by level. A point may even leave the image: more than one pixel of its level beyond
-# the edge it reads zeros and its position gets no gradient (lesson 03's rules), so nothing
-# brings it back, and its weight only buys the query a zero.
+# far above chance, on units and on whole scenes; finding the digit is the easy half, the
+# digit being the only ink. The table of section 6 says how the queries changed where they
+# read, averaged over the object units, and the figure shows one query: the points leave the
+# starting cross and the weights stop being equal. In the four runs made while writing this
+# lesson (quick and full, seeds 7 and 8), the queries came to weigh their own level, level 1,
+# the most (0.41 to 0.58 of their attention, from 0.25), drew their points in closer to the
+# reference point (15 to 17 px on average, from 19), and did **not** put more of their
+# attention inside the digit's box (33% to 37%, from 38% and 39%). Attention learned for a
+# task is not a picture of the object: these queries name the digit well while reading as
+# much around it as on it, and why they read where they do is more than this lesson measured.
+# The levels they came to neglect differ from run to run. Your run's table says what
+# happened this time.
+#
+# A point may even leave the image: more than one pixel of its level beyond the edge it reads
+# zeros and its position gets no gradient (lesson 03's rules), so nothing brings it back, and
+# the weight it holds only buys the query a zero.
