@@ -446,7 +446,8 @@ key = [plt.Line2D([], [], linestyle="", **{k: v for k, v in REFERENCE_STYLE.item
                                            if k in ("marker", "color")},
                   markeredgecolor="black", markersize=13, label="the query's reference point"),
        Patch(facecolor="none", edgecolor=BOX_COLOUR, label="digit's box"),
-       plt.Line2D([], [], color="tab:cyan", linewidth=0.8, label="the level's pixel grid")]
+       plt.Line2D([], [], color="tab:cyan", linewidth=0.8, label="the level's pixel grid"),
+       Patch(facecolor="white", edgecolor="0.6", label="outside the image (reads zeros)")]
 key += [plt.Line2D([], [], linestyle="", marker=HEAD_MARKERS[m], markerfacecolor="0.7",
                    markeredgecolor="black", markersize=8, label=f"sampling point of head {m}")
         for m in range(HEADS)]
@@ -511,6 +512,7 @@ curve_ax.set_xticks(epochs)
 curve_ax.legend(fontsize=7.5, loc="lower right")
 curve_ax.grid(alpha=0.3)
 block = IMAGE_SIZE // MAP_SIZE
+scene_axes[0].set_ylabel("test scene, 48×48 px")
 for ax, i in zip(scene_axes, range(4)):
     viz.show_image(ax, test.images[i])
     viz.draw_box(ax, test.boxes[i], color=BOX_COLOUR, linewidth=1.2)
