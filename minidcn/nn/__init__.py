@@ -2,7 +2,7 @@
 
 from .init import manual_seed
 from .module import Module, Parameter
-from .layers import *  # noqa: F401,F403  Linear, ReLU, Sequential, Flatten
+from .layers import *  # noqa: F401,F403  Linear, ReLU, GELU, Softmax, Sequential, Flatten
 from .conv import *  # noqa: F401,F403  Conv2d, MaxPool2d, AvgPool2d
 from .deform import *  # noqa: F401,F403  DeformConv2d, recording_sampling
 from .roi import *  # noqa: F401,F403  RoIAlign, RoIPool, DeformRoIPool, ...

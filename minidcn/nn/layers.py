@@ -16,7 +16,7 @@ from ..functional._validate import check_elements, check_int
 from . import init
 from .module import Module, Parameter
 
-__all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "Flatten", "Sequential"]
+__all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Flatten", "Sequential"]
 
 
 def _layer_dtype(layer: str, dtype) -> np.dtype:
@@ -73,6 +73,29 @@ class Tanh(Module):
 
     def forward(self, x):
         return F.tanh(x)
+
+
+class GELU(Module):
+    """x Φ(x) = ½ x (1 + erf(x / √2)), elementwise (torch's exact GELU)."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class Softmax(Module):
+    """e^x / Σ e^x along ``dim`` (required, as torch advises)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 class Flatten(Module):
