@@ -58,11 +58,12 @@ rng = np.random.default_rng(11)
 # ## 1. One formula
 #
 # Shapes, channels-last as in the papers' code: input (N, H, W, G·D), offset (N, H_out, W_out,
-# G·P·2), mask (N, H_out, W_out, G·P), with P = kh·kw points. Output (oy, ox) reads point p of
-# group g at
+# G·P·2), mask (N, H_out, W_out, G·P), with P = kh·kw points. Output (oy, ox) reads point
+# p = i·kh + j (kernel column i, row j) of group g at
 #
 #     y = oy·s - pad + j·d + dy,   x = ox·s - pad + i·d + dx      (offset_scale = 1)
 #
+# with stride s, padding pad, dilation d and the group's offset pair (dx, dy) for that point,
 # and adds mask · sample to each of the group's D channels. No weight multiplies the samples:
 # the op is a per-group weighted sum of bilinear samples.
 #
@@ -93,6 +94,22 @@ with no_grad():
 gap = np.abs(box - box_conv).max()
 print(f"dcnv3(zero offsets, unit mask) against conv2d(depthwise all-ones weights): {gap:.1e}")
 check(gap < 1e-12, "dcnv3 with zero offsets and unit mask is a depthwise 3x3 box filter")
+
+# %% [markdown]
+# The module `nn.DCNv3` wraps the op: input projection, the op, output projection, with its
+# offset and mask heads initialised to zero, so it starts with zero offsets and equal mask
+# logits, which the softmax turns into 1/9 per point. Give it identity projections and it is
+# the box filter divided by 9, the box *mean*:
+
+# %%
+block = nn.DCNv3(C, group=G, dtype=np.float64)
+for projection in (block.input_proj, block.output_proj):
+    projection.weight.data = np.eye(C)
+    projection.bias.data = np.zeros(C)
+with no_grad():
+    gap = np.abs(block(x).numpy() - box / 9).max()
+print(f"nn.DCNv3 at initialisation, identity projections, against the box filter / 9: {gap:.1e}")
+check(gap < 1e-12, "nn.DCNv3 with identity projections starts as a depthwise 3x3 box mean")
 
 # %% [markdown]
 # **Any offsets and mask.** `deform_conv2d` (DCNv1/v2, torchvision's layout) samples the same
@@ -286,8 +303,9 @@ save_figure(fig, "11_point_order.png")
 # matrix: the spatial sum and the channel mixing are split, like a depthwise separable
 # convolution. The heads grow with G, the number of independently deforming groups; with
 # InternImage's G = C / 16 they cost 27/16·C², and the ratio of the two layers falls from
-# about 5 at C = 16 towards 9 / (2 + 27/16) ≈ 2.4 for wide layers. A DCNv4 block packs the
-# two heads into one Linear.
+# about 5 at C = 16 towards 9 / (2 + 27/16) ≈ 2.4 for wide layers. A DCNv4 block drops the
+# depthwise branch and packs the two heads into one Linear on the input: 2C² + 27·G·C, the
+# head's outputs padded to a multiple of 8.
 #
 # We build each at several widths, count what the modules hold, and check that against the
 # formula written out for each.
@@ -315,6 +333,11 @@ def dcnv3_formula(c, group, k=KERNEL_POINTS):
     return projections + depthwise + layer_norm + heads
 
 
+def dcnv4_formula(c, group, k=KERNEL_POINTS):
+    packed = 8 * math.ceil(3 * group * k / 8)  # offsets and modulation, padded to 8
+    return 2 * (c * c + c) + c * packed + packed  # value and output projection, one head
+
+
 WIDTHS = (16, 32, 64, 128, 256)
 parameter_rows = []
 for c in WIDTHS:
@@ -326,6 +349,8 @@ for c in WIDTHS:
           f"C = {c}: the DCNv2 layer has 9C² + C + (27·9)C + 27 = {dcnv2_formula(c)} parameters")
     check(parameter_rows[-1][3] == dcnv3_formula(c, group), f"C = {c}, G = {group}: the DCNv3 "
           f"block has 2(C² + C) + 10C + 2C + 27GC + 27G = {dcnv3_formula(c, group)} parameters")
+    check(parameter_rows[-1][4] == dcnv4_formula(c, group), f"C = {c}, G = {group}: the DCNv4 "
+          f"block has 2(C² + C) + (C + 1)·8⌈27G/8⌉ = {dcnv4_formula(c, group)} parameters")
 print(f"{'C':>4} {'G':>3} {'DCNv2 layer':>12} {'DCNv3 block':>12} {'DCNv4 block':>12} "
       f"{'DCNv2 / DCNv3':>14}")
 for c, group, n2, n3, n4 in parameter_rows:
@@ -365,9 +390,8 @@ save_figure(fig, "11_parameters.png")
 # of its P samples. It lies between the smallest and the largest sample, and on a constant
 # input it returns that constant whatever the offsets and the mask. The group can average; it
 # cannot amplify, and it cannot take a difference (an edge, a derivative), which every
-# convolution can. The DCNv4 paper argues this is a limit on what the operator can express
-# (the attention argument for a softmax does not carry over to a convolution-like operator
-# whose weights are predicted per point) and drops it, reporting faster convergence; its
+# convolution can. The DCNv4 paper removes the softmax, arguing that it limits what the
+# operator can express, and reports that the network then converges much faster; DCNv4's
 # scalars are unbounded, like a convolution's weights.
 #
 # First the bound itself, on random inputs, offsets and mask logits: we take each point's
@@ -616,28 +640,35 @@ save_figure(fig, "11_offset_scale.png")
 # corners **once**, then runs over the group's D channels. Where those channels live decides
 # what that channel loop costs:
 #
-# * channels-last, (N, H, W, C): the D values of one corner are neighbours in memory, one or
-#   two cache lines;
-# * channels-first, (N, C, H, W): they are H·W values apart, one cache line each.
+# * channels-last, (N, H, W, C): the D values of one corner are neighbours in memory, one
+#   contiguous run. The compiler turns the loop into vector instructions that load and
+#   multiply several channels at once, and the run shares one or two cache lines;
+# * channels-first, (N, C, H, W): they are H·W values apart. Each channel is a separate load
+#   (no vector instruction gathers them cheaply), and, once the input outgrows the caches,
+#   a separate cache line.
 #
-# To see only that, the kernel below is written once and reads its input through explicit
-# strides: the same loops, the same arithmetic in the same order, only the address of a
-# channel differs. (It is serial and plain, the formula as a loop; the library's kernel,
-# `minidcn/backends/numba_cpu/dcnv3.py`, does the same work in parallel.) It must agree with
-# `F.dcnv3` in both layouts, and the two layouts must agree bit for bit.
+# To see only that, the kernel below is written once and indexed image[n, y, x, c]. We call it
+# on a channels-last array, and on channels-first data through a view with the same indexing
+# (`np.moveaxis`, no copy: the memory stays in (N, C, H, W) order). Same loops, same arithmetic
+# in the same order; only the distance between neighbouring channels differs, so the outputs
+# must agree bit for bit, and both must be `F.dcnv3`. (The kernel is serial and plain, the
+# formula as a loop; the library's kernel, `minidcn/backends/numba_cpu/dcnv3.py`, does the
+# same work in parallel, over a zero-padded copy that needs no bounds checks.)
 
 # %%
 @numba.njit(cache=False)
-def aggregate(flat_input, strides, height, width, locations, mask, out):
-    """out[n, oy, ox, g·D + c] = Σ_p mask[n, oy, ox, g, p] · x_{g·D+c}(locations[n, oy, ox, g, p]),
-    bilinear with zero outside, x read at flat_input[n·s_n + y·s_y + x·s_x + channel·s_c]."""
-    s_n, s_y, s_x, s_c = strides
-    batch, out_h, out_w, groups, points, _ = locations.shape
-    depth = out.shape[3] // groups
+def aggregate(image, locations, mask, out):
+    """out[n, oy, ox, g·D + c] = Σ_p mask[n, oy, ox, g, p] · image_{g·D+c}(locations[n, oy, ox, g, p]),
+    bilinear with zero outside; the bilinear weights once per point, then the group's D channels."""
+    batch, height, width, channels = image.shape
+    _, out_h, out_w, groups, points, _ = locations.shape
+    depth = channels // groups
+    total = np.zeros(depth, image.dtype)
     for n in range(batch):
         for oy in range(out_h):
             for ox in range(out_w):
                 for g in range(groups):
+                    total[:] = 0
                     for p in range(points):
                         y, x = locations[n, oy, ox, g, p, 0], locations[n, oy, ox, g, p, 1]
                         y0, x0 = math.floor(y), math.floor(x)
@@ -645,12 +676,13 @@ def aggregate(flat_input, strides, height, width, locations, mask, out):
                         for corner in range(4):
                             cy, cx = y0 + corner // 2, x0 + corner % 2
                             if cy < 0 or cy >= height or cx < 0 or cx >= width:
-                                continue
-                            weight = ((fy if corner // 2 else 1.0 - fy)
-                                      * (fx if corner % 2 else 1.0 - fx) * mask[n, oy, ox, g, p])
-                            base = n * s_n + cy * s_y + cx * s_x + g * depth * s_c
+                                continue  # outside the image: reads 0
+                            weight = ((fy if corner // 2 else 1 - fy)
+                                      * (fx if corner % 2 else 1 - fx) * mask[n, oy, ox, g, p])
+                            run = image[n, cy, cx, g * depth:(g + 1) * depth]
                             for c in range(depth):
-                                out[n, oy, ox, g * depth + c] += weight * flat_input[base + c * s_c]
+                                total[c] += weight * run[c]
+                    out[n, oy, ox, g * depth:(g + 1) * depth] = total
 
 
 def dcnv3_locations(offset, group, kernel=3, padding=1):
@@ -664,28 +696,26 @@ def dcnv3_locations(offset, group, kernel=3, padding=1):
     return np.stack([y, x], axis=-1)
 
 
-def run_aggregate(image, layout, locations, mask, group):
-    """``aggregate`` on ``image`` stored channels-last ("NHWC") or channels-first ("NCHW")."""
-    n, h, w, c = image.shape
+def run_aggregate(image, layout, locations, mask):
+    """``aggregate`` on a channels-last image ("NHWC"), or on its channels-first copy read
+    through a (N, H, W, C)-indexed view ("NCHW")."""
     stored = image if layout == "NHWC" else channels_first(image)
-    strides = tuple(s // stored.itemsize for s in stored.strides)
-    strides = strides if layout == "NHWC" else (strides[0], strides[2], strides[3], strides[1])
-    out = np.zeros(locations.shape[:3] + (c,), image.dtype)
-    aggregate(stored.reshape(-1), strides, h, w, locations,
-              mask.reshape(locations.shape[:5]), out)
+    indexed = stored if layout == "NHWC" else np.moveaxis(stored, 1, -1)  # a view, no copy
+    out = np.zeros(locations.shape[:3] + (image.shape[-1],), image.dtype)
+    aggregate(indexed, locations, mask.reshape(locations.shape[:5]), out)
     return out
 
 
 locations_small = dcnv3_locations(offset, G)
-by_layout = {layout: run_aggregate(x, layout, locations_small, mask, G) for layout in ("NHWC", "NCHW")}
-check(np.abs(by_layout["NHWC"] - v3).max() < 1e-12, "the strided loop computes F.dcnv3 (section 1's data)")
+by_layout = {layout: run_aggregate(x, layout, locations_small, mask) for layout in ("NHWC", "NCHW")}
+check(np.abs(by_layout["NHWC"] - v3).max() < 1e-12, "the loop computes F.dcnv3 (section 1's data)")
 check(np.array_equal(by_layout["NHWC"], by_layout["NCHW"]),
       "channels-last and channels-first give bit-identical outputs: only the addresses differ")
 
 # %% [markdown]
 # Now the timing, at the issue's benchmark size (the quick run uses a smaller batch):
 # N × 56 × 56, G = 4 groups of D = 16 channels, 3×3, float32, random offsets of a few pixels.
-# Besides the stride experiment, the library's ways to get dcnv3's output: `F.dcnv3` on a
+# Besides the one-loop experiment, the library's ways to get dcnv3's output: `F.dcnv3` on a
 # channels-last tensor; the same from channels-first data, transposed in and out; and
 # `F.deform_conv2d` with depthwise all-ones weights, which works channels-first (and builds
 # kh·kw copies of the input for its matrix product). Best of several runs, forward only; the
@@ -723,8 +753,8 @@ def library_deform_conv2d():
 
 
 contenders = {
-    "strided loop, channels-last (NHWC)": lambda: run_aggregate(t_x, "NHWC", t_locations, t_mask, T_G),
-    "strided loop, channels-first (NCHW)": lambda: run_aggregate(t_x, "NCHW", t_locations, t_mask, T_G),
+    "one loop, channels-last (NHWC)": lambda: run_aggregate(t_x, "NHWC", t_locations, t_mask),
+    "one loop, channels-first (NCHW view)": lambda: run_aggregate(t_x, "NCHW", t_locations, t_mask),
     "F.dcnv3 on NHWC": library_dcnv3,
     "F.dcnv3 on NCHW data (permute in, out)": library_dcnv3_from_channels_first,
     "F.deform_conv2d, depthwise ones, NCHW": library_deform_conv2d,
@@ -743,7 +773,7 @@ print(f"forward, N={TIME_N}, {T_H}x{T_H}, G={T_G}, D={T_D}, 3x3, float32; load a
 for name, ms in timings_ms.items():
     print(f"  {name:40s} {ms:9.1f} ms")
 check(all(np.isfinite(ms) and ms > 0 for ms in timings_ms.values()), "every timing is a positive number")
-ratio = timings_ms["strided loop, channels-first (NCHW)"] / timings_ms["strided loop, channels-last (NHWC)"]
+ratio = timings_ms["one loop, channels-first (NCHW view)"] / timings_ms["one loop, channels-last (NHWC)"]
 print(f"the same loop, channels-first against channels-last: {ratio:.2f}x the time")
 
 fig, ax = plt.subplots(figsize=(8.5, 3.8))
@@ -978,11 +1008,11 @@ STRIDE = 4
 
 
 def block_offsets_and_mask(block, h):
-    """A DCNv3 block's offsets and softmax weights on its input ``h`` (B, H, W, C), as NumPy."""
-    hidden = block.norm(block.dw_conv(h))
-    hidden = hidden * F.sigmoid(hidden * 1.702)
-    logits = block.mask(hidden).numpy()
-    return block.offset(hidden).numpy(), softmax_over_points(logits, block.group)
+    """A DCNv3 block's offsets and softmax weights on its input ``h`` (B, H, W, C), as NumPy:
+    its depthwise branch (conv, LayerNorm, GELU), then its two heads, as its forward runs them."""
+    features = block.dw_conv(F.permute(h, (0, 3, 1, 2)))
+    logits = block.mask(features).numpy()
+    return block.offset(features).numpy(), softmax_over_points(logits, block.group)
 
 
 def last_block_sampling(model, images):
