@@ -7,3 +7,5 @@ from .conv import *  # noqa: F401,F403  Conv2d, MaxPool2d, AvgPool2d
 from .deform import *  # noqa: F401,F403  DeformConv2d, recording_sampling
 from .roi import *  # noqa: F401,F403  RoIAlign, RoIPool, DeformRoIPool, ...
 from .norm import *  # noqa: F401,F403  GroupNorm, BatchNorm2d, LayerNorm, InstanceNorm2d
+from .dcnv3 import *  # noqa: F401,F403  DCNv3, DCNv4
+from .attention import *  # noqa: F401,F403  MultiScaleDeformableAttention
