@@ -23,11 +23,21 @@ from hypothesis import strategies as st
 from minidcn import Tensor
 from minidcn import functional as F
 from minidcn.backends import numba_cpu, reference
-from minidcn.backends.reference.dcnv3 import kernel_points, sampling_locations
+from minidcn.backends.reference.dcnv3 import sampling_locations
 from helpers import gradcheck_on, on, run, tensors
 
 
 # ----------------------------------------------------------------------------- cases
+def kernel_points(kernel_size, remove_center):
+    """(i, j) = (column, row) of the P kernel points as SEMANTICS.md states them: x-major,
+    p = i kh + j, the centre (kw // 2, kh // 2) left out with remove_center (written here
+    again, not imported, so that the tests pin the layout down)."""
+    kh, kw = kernel_size
+    i, j = np.divmod(np.arange(kh * kw), kh)
+    keep = ~(remove_center & (i == kw // 2) & (j == kh // 2))
+    return i[keep], j[keep]
+
+
 def output_size(size, kernel, stride, padding, dilation):
     return tuple((n + 2 * p - (d * (k - 1) + 1)) // s + 1
                  for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
@@ -203,8 +213,9 @@ def test_numba_is_bitwise_identical_for_one_or_two_threads():
 
 def test_numba_kernels_accept_any_memory_layout():
     case = dcn_case(seed=5)
-    strided = dict(case, x=np.asfortranarray(case["x"]), grad=case["grad"][..., ::-1][..., ::-1],
-                   offset=np.asfortranarray(case["offset"]), mask=np.asfortranarray(case["mask"]))
+    strided = {k: np.asfortranarray(v) if k in ("x", "grad", "offset", "mask") else v
+               for k, v in case.items()}
+    assert not strided["grad"].flags.c_contiguous
     for version in ((3, False), (4, True)):
         for a, b in zip(kernels_of(numba_cpu, strided, *version),
                         kernels_of(numba_cpu, case, *version), strict=True):
@@ -376,6 +387,17 @@ def test_nonfinite_and_huge_offsets_read_zero_and_get_zero_gradient(backend_name
     assert np.all(grad_offset.reshape(pairs.shape)[bad] == 0.0)
     assert np.all(grad_mask.reshape(bad.shape)[bad] == 0.0)
     assert np.all(np.isfinite(grad_offset)) and np.all(np.isfinite(grad_mask))
+
+
+def test_huge_padding_and_stride_read_outside_without_overflow(backend_name):
+    """Integer arguments near the 2**31 - 1 limit: every location is about -2**30, far outside,
+    so the output and the offset and mask gradients are 0 (no wrapped index reads the image)."""
+    x = np.random.default_rng(18).standard_normal((1, 2, 3, 2))
+    kwargs = dict(kernel_size=3, stride=2**31 - 1, padding=2**30, dilation=1, group=1)
+    out, grads = run(backend_name, dcnv3_of(kwargs), x, np.full((1, 2, 2, 18), 0.5),
+                     np.ones((1, 2, 2, 9)))
+    assert out.shape == (1, 2, 2, 2) and np.all(out == 0.0)
+    assert all(np.all(g == 0.0) for g in grads)
 
 
 def test_empty_batch_gives_empty_output_and_gradients(backend_name):

@@ -37,7 +37,6 @@ from .bilinear import bilinear_weights, corner_sum
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
-kernel_point = for_gpu(formulas.kernel_point)
 sampling_location = for_gpu(formulas.sampling_location)
 softmax_stats = for_gpu(formulas.softmax_stats)
 
@@ -73,17 +72,21 @@ def _forward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, re
         top, total = 0.0, 1.0
         if softmax:
             top, total = softmax_stats(modulation, g * mg + ms, points)
-        for p in range(points):
-            i, j = kernel_point(p, kh, kw, remove_center)
-            y, x_at = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
-                                        offsets[g * og + 2 * p + 1], geometry, scale)
-            inside, y0, x0, w, _, _ = bilinear_weights(y, x_at, height, width)
-            if not inside:  # skip the reads: 0 · inf would be NaN
-                continue
-            logit = modulation[g * mg + ms + p]
-            m = math.exp(logit - top) / total if softmax else logit
-            for c in range(per_group):
-                out[n, oy, ox, first + c] += m * corner_sum(w, _corner_values(x, n, y0, x0, first + c))
+        p = -1
+        for i in range(kw):  # kernel point p = (column i, row j), x-major
+            for j in range(kh):
+                if remove_center and i == kw // 2 and j == kh // 2:
+                    continue
+                p += 1
+                y, x_at = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
+                                            offsets[g * og + 2 * p + 1], geometry, scale)
+                inside, y0, x0, w, _, _ = bilinear_weights(y, x_at, height, width)
+                if not inside:  # skip the reads: 0 · inf would be NaN
+                    continue
+                logit = modulation[g * mg + ms + p]
+                m = math.exp(logit - top) / total if softmax else logit
+                for c in range(per_group):
+                    out[n, oy, ox, first + c] += m * corner_sum(w, _corner_values(x, n, y0, x0, first + c))
 
 
 @cuda.jit
@@ -105,26 +108,30 @@ def _backward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, r
         top, total = 0.0, 1.0
         if softmax:
             top, total = softmax_stats(modulation, first_mask, points)
-        for p in range(points):
-            i, j = kernel_point(p, kh, kw, remove_center)
-            y, x_at = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
-                                        offsets[first_offset + 2 * p + 1], geometry, scale)
-            inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x_at, height, width)
-            logit = modulation[first_mask + p]
-            m = math.exp(logit - top) / total if softmax else logit
-            s = (0.0, 0.0, 0.0, 0.0)
-            if inside:
-                for c in range(per_group):
-                    grad = grad_out[n, oy, ox, first + c]
-                    v = _corner_values(x, n, y0, x0, first + c)
-                    s = (s[0] + grad * v[0], s[1] + grad * v[1], s[2] + grad * v[2], s[3] + grad * v[3])
-                    for k in range(4):  # corner k is (y0 + k // 2, x0 + k % 2); atomics: see cuda/bilinear.py
-                        qy, qx = y0 + k // 2, x0 + k % 2
-                        if 0 <= qy < height and 0 <= qx < width:
-                            cuda.atomic.add(grad_x, (n, qy, qx, first + c), m * w[k] * grad)
-            grad_offset[n, oy, ox, first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
-            grad_offset[n, oy, ox, first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
-            grad_mask[n, oy, ox, first_mask + p] = corner_sum(w, s)
+        p = -1
+        for i in range(kw):  # kernel point p = (column i, row j), x-major
+            for j in range(kh):
+                if remove_center and i == kw // 2 and j == kh // 2:
+                    continue
+                p += 1
+                y, x_at = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
+                                            offsets[first_offset + 2 * p + 1], geometry, scale)
+                inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x_at, height, width)
+                logit = modulation[first_mask + p]
+                m = math.exp(logit - top) / total if softmax else logit
+                s = (0.0, 0.0, 0.0, 0.0)
+                if inside:
+                    for c in range(per_group):
+                        grad = grad_out[n, oy, ox, first + c]
+                        v = _corner_values(x, n, y0, x0, first + c)
+                        s = (s[0] + grad * v[0], s[1] + grad * v[1], s[2] + grad * v[2], s[3] + grad * v[3])
+                        for k in range(4):  # corner k is (y0 + k // 2, x0 + k % 2); atomics: see cuda/bilinear.py
+                            qy, qx = y0 + k // 2, x0 + k % 2
+                            if 0 <= qy < height and 0 <= qx < width:
+                                cuda.atomic.add(grad_x, (n, qy, qx, first + c), m * w[k] * grad)
+                grad_offset[n, oy, ox, first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
+                grad_offset[n, oy, ox, first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
+                grad_mask[n, oy, ox, first_mask + p] = corner_sum(w, s)
         if softmax:
             dot = 0.0
             for p in range(points):

@@ -3,9 +3,9 @@
 The formula is stated over whole arrays in ``backends/reference/dcnv3.py``.  Per output pixel
 (oy, ox), group g and kernel point p the kernels need:
 
-* which kernel point p is (``kernel_point``): column i and row j, x-major, the centre skipped
-  with ``remove_center``;
-* where it samples (``sampling_location``):
+* where kernel point p, column i and row j (the kernels walk i in the outer loop and j in
+  the inner one: x-major, the centre skipped with ``remove_center``), samples
+  (``sampling_location``):
   y = oy s_h - p_h + c_h + s (j d_h - c_h + dy),  x = ox s_w - p_w + c_w + s (i d_w - c_w + dx);
 * its modulation: the raw scalar, or with DCNv4's ``softmax=True`` exp(l_p - top) / total
   over the group's P logits, top and total from ``softmax_stats``.
@@ -18,18 +18,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["kernel_point", "sampling_location", "softmax_stats"]
-
-
-def kernel_point(p, kh, kw, remove_center):
-    """(i, j): the column and row of kernel point p, x-major (p = i kh + j, i outer).
-
-    With ``remove_center`` the centre (kw // 2, kh // 2) is skipped and the later points
-    move up by one, so p runs over kh kw - 1 points.
-    """
-    if remove_center and p >= (kw // 2) * kh + kh // 2:
-        p += 1
-    return p // kh, p % kh
+__all__ = ["sampling_location", "softmax_stats"]
 
 
 def sampling_location(oy, ox, i, j, dx, dy, geometry, scale):

@@ -46,7 +46,6 @@ from .floating import REORDER
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
-kernel_point = for_cpu(formulas.kernel_point)
 sampling_location = for_cpu(formulas.sampling_location)
 softmax_stats = for_cpu(formulas.softmax_stats)
 
@@ -89,18 +88,22 @@ def _forward(xpad, offset, mask, layout, softmax, geometry, scale, group, remove
                 if softmax:
                     top, total = softmax_stats(modulation, g * mg + ms, points)
                 acc = pixel[g * per_group:]
-                for p in range(points):
-                    i, j = kernel_point(p, kh, kw, remove_center)
-                    y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
-                                             offsets[g * og + 2 * p + 1], geometry, scale)
-                    inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
-                    if not inside:  # skip the reads: 0 · inf would be NaN
-                        continue
-                    m = _modulation(modulation, g * mg + ms + p, softmax, top, total)
-                    w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
-                    v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
-                    for c in range(per_group):
-                        acc[c] += w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c]
+                p = -1
+                for i in range(kw):  # kernel point p = (column i, row j), x-major
+                    for j in range(kh):
+                        if remove_center and i == kw // 2 and j == kh // 2:
+                            continue
+                        p += 1
+                        y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
+                                                 offsets[g * og + 2 * p + 1], geometry, scale)
+                        inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
+                        if not inside:  # skip the reads: 0 · inf would be NaN
+                            continue
+                        m = _modulation(modulation, g * mg + ms + p, softmax, top, total)
+                        w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+                        v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
+                        for c in range(per_group):
+                            acc[c] += w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c]
 
 
 @njit(cache=True, parallel=True, fastmath=REORDER)
@@ -139,31 +142,35 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
                 top, total = 0.0, 1.0
                 if softmax:
                     top, total = softmax_stats(modulation, first_mask, points)
-                for p in range(points):
-                    i, j = kernel_point(p, kh, kw, remove_center)
-                    y, x = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
-                                             offsets[first_offset + 2 * p + 1], geometry, scale)
-                    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
-                    m = _modulation(modulation, first_mask + p, softmax, top, total)
-                    s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
-                    if inside:
-                        v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
-                        for c in range(per_group):
-                            s00 += grad[c] * v00[c]
-                            s01 += grad[c] * v01[c]
-                            s10 += grad[c] * v10[c]
-                            s11 += grad[c] * v11[c]
-                        g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
-                        a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, g * per_group)
-                        for c in range(per_group):
-                            a00[c] += g00 * grad[c]
-                            a01[c] += g01 * grad[c]
-                            a10[c] += g10 * grad[c]
-                            a11[c] += g11 * grad[c]
-                    s = (s00, s01, s10, s11)
-                    grad_offsets[first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
-                    grad_offsets[first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
-                    grad_modulation[first_mask + p] = corner_sum(w, s)
+                p = -1
+                for i in range(kw):  # kernel point p = (column i, row j), x-major
+                    for j in range(kh):
+                        if remove_center and i == kw // 2 and j == kh // 2:
+                            continue
+                        p += 1
+                        y, x = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
+                                                 offsets[first_offset + 2 * p + 1], geometry, scale)
+                        inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
+                        m = _modulation(modulation, first_mask + p, softmax, top, total)
+                        s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
+                        if inside:
+                            v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
+                            for c in range(per_group):
+                                s00 += grad[c] * v00[c]
+                                s01 += grad[c] * v01[c]
+                                s10 += grad[c] * v10[c]
+                                s11 += grad[c] * v11[c]
+                            g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+                            a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, g * per_group)
+                            for c in range(per_group):
+                                a00[c] += g00 * grad[c]
+                                a01[c] += g01 * grad[c]
+                                a10[c] += g10 * grad[c]
+                                a11[c] += g11 * grad[c]
+                        s = (s00, s01, s10, s11)
+                        grad_offsets[first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
+                        grad_offsets[first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
+                        grad_modulation[first_mask + p] = corner_sum(w, s)
                 if softmax:
                     dot = 0.0
                     for p in range(points):
