@@ -833,13 +833,6 @@ def network_input(images):
     return Tensor(((images - PIXEL_MEAN) / PIXEL_STD).astype(np.float32))
 
 
-class ChannelsLast(nn.Module):
-    """(B, C, H, W) -> (B, H, W, C), the layout DCNv3 works in."""
-
-    def forward(self, x):
-        return F.permute(x, (0, 2, 3, 1))
-
-
 class Residual(nn.Module):
     """x -> ReLU(x + layer(x)): a deformable layer added to its input, as in InternImage."""
 
@@ -866,16 +859,16 @@ def build_network(kind: str, seed: int) -> nn.Sequential:
         deformable = [nn.DeformConv2d(32, 32, 3, padding=1, modulated=True,
                                       offset_lr_mult=PREDICTOR_LR_MULT, generator=init(2 + k))
                       for k in range(2)]
+        to_layout = []
     else:
         deformable = [nn.DCNv3(32, group=4, generator=init(2 + k)) for k in range(2)]
         for block in deformable:
             for p in predictor_parameters(block):
                 p.lr_mult = PREDICTOR_LR_MULT
-        deformable.insert(0, ChannelsLast())
+        to_layout = [nn.Permute((0, 2, 3, 1))]  # DCNv3 works channels-last
     layers = [nn.Conv2d(1, 16, 3, padding=1, generator=init(0)), nn.ReLU(), nn.MaxPool2d(2),
-              nn.Conv2d(16, 32, 3, padding=1, generator=init(1)), nn.ReLU(), nn.MaxPool2d(2)]
-    for layer in deformable:
-        layers += [layer] if isinstance(layer, ChannelsLast) else [Residual(layer)]
+              nn.Conv2d(16, 32, 3, padding=1, generator=init(1)), nn.ReLU(), nn.MaxPool2d(2),
+              *to_layout, *(Residual(layer) for layer in deformable)]
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 7 * 7, 10, generator=init(4)))
 
 
@@ -1026,6 +1019,11 @@ def last_block_sampling(model, images):
         for layer in layers[:last]:
             h = layer(h)
         offset, mask = block_offsets_and_mask(block, h)
+        rebuilt = block.output_proj(F.dcnv3(block.input_proj(h), offset, mask.astype(np.float32),
+                                            group=block.group)).numpy()
+        gap = np.abs(rebuilt - block(h).numpy()).max()
+    check(gap < 1e-5, f"the offsets and weights read out are the block's own: rebuilt from them, "
+                      f"its output differs by {gap:.1e}")
     group = block.group
     locations = dcnv3_locations(offset, group)[:, UNIT[0], UNIT[1]]  # (B, G, P, 2)
     weights = mask.reshape(mask.shape[:3] + (group, P))[:, UNIT[0], UNIT[1]]
