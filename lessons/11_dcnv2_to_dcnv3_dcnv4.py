@@ -28,8 +28,8 @@
 # 3. the softmax across the points, what it forbids, and why DCNv4 dropped it;
 # 4. what `offset_scale` scales;
 # 5. channels-last memory access, timed;
-# 6. a small DCNv3 network and a DCNv2 network trained on lesson 06's deformed glyphs with the
-#    same budget.
+# 6. a small DCNv2 network, a DCNv3 network and a DCNv4 network trained on lesson 06's
+#    deformed glyphs with the same budget.
 #
 # Run it with `minidcn lesson 11` or `python lessons/11_dcnv2_to_dcnv3_dcnv4.py` (`--quick` or
 # `MINIDCN_QUICK=1` for a short run). The numbers below are whatever this run measures; the
@@ -632,7 +632,7 @@ key = [plt.Line2D([], [], linestyle="", marker="+", color="gray",
 fig.legend(handles=key, loc="lower center", ncol=4, fontsize=9, frameon=False)
 fig.suptitle("the same offsets (a 30° turn of the grid) at three offset_scales: "
              "s scales grid and offsets about the centre", fontsize=10)
-fig.tight_layout(rect=(0, 0.1, 1, 1))
+fig.tight_layout(rect=(0, 0.13, 1, 1))
 save_figure(fig, "11_offset_scale.png")
 
 # %% [markdown]
@@ -755,9 +755,11 @@ def library_deform_conv2d():
 
 
 contenders = {
-    "one loop, channels-last (NHWC)": lambda: run_aggregate(t_x, "NHWC", t_locations, t_mask),
-    "one loop, channels-first (NCHW view)": lambda: run_aggregate(t_x, "NCHW", t_locations, t_mask),
-    "F.dcnv3 on NHWC": library_dcnv3,
+    "one serial loop, channels-last (NHWC)":
+        lambda: run_aggregate(t_x, "NHWC", t_locations, t_mask),
+    "one serial loop, channels-first (NCHW view)":
+        lambda: run_aggregate(t_x, "NCHW", t_locations, t_mask),
+    "F.dcnv3 on NHWC (numba backend, threaded)": library_dcnv3,
     "F.dcnv3 on NCHW data (permute in, out)": library_dcnv3_from_channels_first,
     "F.deform_conv2d, depthwise ones, NCHW": library_deform_conv2d,
 }
@@ -773,9 +775,10 @@ load = os.getloadavg()
 print(f"forward, N={TIME_N}, {T_H}x{T_H}, G={T_G}, D={T_D}, 3x3, float32; load average "
       f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores")
 for name, ms in timings_ms.items():
-    print(f"  {name:40s} {ms:9.1f} ms")
+    print(f"  {name:45s} {ms:9.1f} ms")
 check(all(np.isfinite(ms) and ms > 0 for ms in timings_ms.values()), "every timing is a positive number")
-ratio = timings_ms["one loop, channels-first (NCHW view)"] / timings_ms["one loop, channels-last (NHWC)"]
+ratio = (timings_ms["one serial loop, channels-first (NCHW view)"]
+         / timings_ms["one serial loop, channels-last (NHWC)"])
 print(f"the same loop, channels-first against channels-last: {ratio:.2f}x the time")
 
 fig, ax = plt.subplots(figsize=(8.5, 3.8))
@@ -793,27 +796,32 @@ fig.tight_layout()
 save_figure(fig, "11_channels_last.png")
 
 # %% [markdown]
-# ## 6. Training a DCNv3 network and a DCNv2 network with the same budget
+# ## 6. Training DCNv2, DCNv3 and DCNv4 networks with the same budget
 #
 # Lesson 06's data and budget: digits under strong deformation from `minidcn.data` (the same
 # seeds, so the same images), Adam with a cosine schedule from 2e-3, batch 32, the same epochs,
-# the same order of batches for both networks, and the offset (and mask) predictors at 0.1 ×
-# the learning rate in both. The two networks share everything but their last two layers:
+# the same order of batches for every network, and the offset (and mask) predictors at 0.1 ×
+# the learning rate in all of them. The networks share everything but their last two layers:
 #
 #     conv 3×3, 1→16 · ReLU · max-pool 2       28×28 → 14×14
 #     conv 3×3, 16→32 · ReLU · max-pool 2      14×14 → 7×7
-#     x → ReLU(x + DCNv2(x)), twice: DeformConv2d(32, 32, 3×3, modulated)
-#     x → ReLU(x + DCNv3(x)), twice: nn.DCNv3(32, group=4), channels-last
+#     x → ReLU(x + layer(x)), twice, the layer one of
+#         DCNv2: DeformConv2d(32, 32, 3×3, modulated)
+#         DCNv3: nn.DCNv3(32, group=4), channels-last
+#         DCNv4: nn.DCNv4(32, group=4), channels-last
 #     linear 32·7·7 → 10
 #
 # This is lesson 06's network with its middle widths changed (a DCNv3 block keeps its width,
-# so both deformable layers run at 32 channels) and each deformable layer added to its input,
-# a residual connection as in InternImage's blocks: without it, in our trials, both networks
-# (the DCNv3 one most) learned markedly slower in the quick run's budget.
+# so every deformable layer runs at 32 channels) and each deformable layer added to its input,
+# a residual connection as in InternImage's blocks: without it, in our trials, the DCNv2 and
+# DCNv3 networks (the DCNv3 one most) learned markedly slower in the quick run's budget.
 #
-# The shared layers start from the same weights in both (each layer's generator is seeded by
-# its index); the DCNv2 layers start as plain convolutions (predictors at zero), the DCNv3
-# blocks with zero offsets and equal softmax weights (heads at zero).
+# The shared layers start from the same weights in all three (each layer's generator is
+# seeded by its index). The DCNv2 layers start as plain convolutions (predictors at zero);
+# the DCNv3 blocks with zero offsets and equal softmax weights, 1/9 (heads at zero); the
+# DCNv4 blocks with zero offsets and zero modulation, so they add nothing to the residual at
+# first (DCNv4's packed head starts at zero). The question the DCNv4 network asks: without
+# the softmax, does the same block learn faster or better than DCNv3 here?
 
 # %%
 N_TRAIN = 2000 if QUICK else 5000
@@ -847,12 +855,13 @@ class Residual(nn.Module):
 
 
 def predictor_parameters(block):
-    """The parameters of a DCNv3 block's offset and mask heads."""
-    return list(block.offset.parameters()) + list(block.mask.parameters())
+    """The parameters of a DCNv3 block's offset and mask heads, or of DCNv4's packed head."""
+    heads = (block.offset, block.mask) if isinstance(block, nn.DCNv3) else (block.offset_mask,)
+    return [p for head in heads for p in head.parameters()]
 
 
 def build_network(kind: str, seed: int) -> nn.Sequential:
-    """The small CNN; its last two layers are DCNv2 ("DCNv2") or DCNv3 ("DCNv3") layers."""
+    """The small CNN; its last two layers are "DCNv2", "DCNv3" or "DCNv4" layers."""
 
     def init(layer_index):
         return np.random.default_rng([seed, layer_index])
@@ -863,11 +872,12 @@ def build_network(kind: str, seed: int) -> nn.Sequential:
                       for k in range(2)]
         to_layout = []
     else:
-        deformable = [nn.DCNv3(32, group=4, generator=init(2 + k)) for k in range(2)]
+        block = {"DCNv3": nn.DCNv3, "DCNv4": nn.DCNv4}[kind]
+        deformable = [block(32, group=4, generator=init(2 + k)) for k in range(2)]
         for block in deformable:
             for p in predictor_parameters(block):
                 p.lr_mult = PREDICTOR_LR_MULT
-        to_layout = [nn.Permute((0, 2, 3, 1))]  # DCNv3 works channels-last
+        to_layout = [nn.Permute((0, 2, 3, 1))]  # DCNv3 and DCNv4 work channels-last
     layers = [nn.Conv2d(1, 16, 3, padding=1, generator=init(0)), nn.ReLU(), nn.MaxPool2d(2),
               nn.Conv2d(16, 32, 3, padding=1, generator=init(1)), nn.ReLU(), nn.MaxPool2d(2),
               *to_layout, *(Residual(layer) for layer in deformable)]
@@ -875,7 +885,7 @@ def build_network(kind: str, seed: int) -> nn.Sequential:
 
 
 def deformable_layers(model):
-    return [m for m in model.modules() if isinstance(m, (nn.DeformConv2d, nn.DCNv3))]
+    return [m for m in model.modules() if isinstance(m, (nn.DeformConv2d, nn.DCNv3, nn.DCNv4))]
 
 
 def accuracy(model, glyph_set, batch=250):
@@ -916,14 +926,15 @@ def train_network(model, name, seed):
     return test_curve, loss_curve, [len(group["params"]) for group in optimiser.param_groups]
 
 
-KINDS = ("DCNv2", "DCNv3")
+KINDS = ("DCNv2", "DCNv3", "DCNv4")
 first = {kind: build_network(kind, SEEDS[0]) for kind in KINDS}
 shared = [k for k in first["DCNv2"].state_dict() if k.startswith(("0.", "3."))]
-check(all(np.array_equal(first["DCNv2"].state_dict()[k], first["DCNv3"].state_dict()[k])
-          for k in shared) and len(shared) == 4,
-      "the two shared convolutions start with the same weights in both networks")
-check(np.array_equal(first["DCNv2"][-1].weight.numpy(), first["DCNv3"][-1].weight.numpy()),
-      "so does the final linear layer")
+check(len(shared) == 4 and all(np.array_equal(first["DCNv2"].state_dict()[k],
+                                               first[kind].state_dict()[k])
+                               for k in shared for kind in KINDS),
+      "the two shared convolutions start with the same weights in all three networks")
+check(all(np.array_equal(first["DCNv2"][-1].weight.numpy(), first[kind][-1].weight.numpy())
+          for kind in KINDS), "so does the final linear layer")
 for kind in KINDS:
     deformable = deformable_layers(first[kind])
     print(f"{kind} network: {count(first[kind]):,} parameters, of which the two deformable "
@@ -940,7 +951,7 @@ for seed in SEEDS:
         models[kind, seed] = model
 print(f"parameter groups (tensors per group): {groups}")
 check(all(len(sizes) == 2 for sizes in groups.values()),
-      "both networks train their offset and mask predictors in a group of their own (0.1 × lr)")
+      "every network trains its offset and mask predictors in a group of their own (0.1 × lr)")
 
 # %% [markdown]
 # ## 7. The results
@@ -968,21 +979,25 @@ for kind in KINDS:
           + f" | {np.mean([final[kind, s] for s in SEEDS]):.3f} | {count(model):,} | "
           f"{sum(count(m) for m in deformable):,} | "
           f"{np.mean([train_seconds[kind, s] for s in SEEDS]):.0f} s |")
-margins = []
-for seed in SEEDS:
-    a3, a2 = final["DCNv3", seed], final["DCNv2", seed]
-    margins.append((a3 - a2) / math.hypot(standard_error(a3), standard_error(a2)))
-    print(f"seed {seed}: DCNv3 - DCNv2 = {a3 - a2:+.3f}, {margins[-1]:+.1f} standard errors")
-if all(m > 2 for m in margins):
-    verdict = "the DCNv3 network is ahead with every seed, by more than two standard errors"
-elif all(m < -2 for m in margins):
-    verdict = "the DCNv2 network is ahead with every seed, by more than two standard errors"
-elif all(m > 0 for m in margins) or all(m < 0 for m in margins):
-    leader = "the DCNv3 network" if margins[0] > 0 else "the DCNv2 network"
-    verdict = f"{leader} is ahead with every seed, but not by two standard errors every time"
-else:
-    verdict = "the sign of the difference changes with the seed: no winner on this budget"
-print(f"verdict: {verdict}")
+
+
+def verdict(kind_a, kind_b):
+    """Compare two networks seed by seed, in standard errors of the difference."""
+    margins = []
+    for seed in SEEDS:
+        a, b = final[kind_a, seed], final[kind_b, seed]
+        margins.append((a - b) / math.hypot(standard_error(a), standard_error(b)))
+        print(f"seed {seed}: {kind_a} - {kind_b} = {a - b:+.3f}, {margins[-1]:+.1f} standard errors")
+    leader = f"the {kind_a} network" if margins[0] > 0 else f"the {kind_b} network"
+    if all(m > 2 for m in margins) or all(m < -2 for m in margins):
+        return f"{leader} is ahead with every seed, by more than two standard errors"
+    if all(m > 0 for m in margins) or all(m < 0 for m in margins):
+        return f"{leader} is ahead with every seed, but not by two standard errors every time"
+    return "the sign of the difference changes with the seed: no winner on this budget"
+
+
+for kind_a, kind_b in (("DCNv3", "DCNv2"), ("DCNv4", "DCNv3")):
+    print(f"verdict, {kind_a} against {kind_b}: {verdict(kind_a, kind_b)}")
 floor = 0.3 if QUICK else 0.7
 for (kind, seed), value in final.items():
     check(value > floor, f"{kind} (seed {seed}) learned: test accuracy {value:.3f} > {floor}, "
@@ -1045,13 +1060,15 @@ check(moved.max() > 0.05, "training moved the DCNv3 block's sampling points off 
 fig = plt.figure(figsize=(12, 7.2))
 grid_spec = fig.add_gridspec(2, 4, height_ratios=(1, 1.05))
 curve_ax, loss_ax = fig.add_subplot(grid_spec[0, :2]), fig.add_subplot(grid_spec[0, 2:])
-KIND_COLOURS = {"DCNv2": "tab:blue", "DCNv3": "tab:red"}
+KIND_COLOURS = {"DCNv2": "tab:blue", "DCNv3": "tab:red", "DCNv4": "tab:green"}
+KIND_STYLES = {"DCNv2": "s--", "DCNv3": "o-", "DCNv4": "^-."}
 SEED_ALPHA = {seed: 1.0 if k == 0 else 0.45 for k, seed in enumerate(SEEDS)}
 epochs = np.arange(1, EPOCHS + 1)
 for (kind, seed), curve in test_curves.items():
-    style = "o-" if kind == "DCNv3" else "s--"
+    style = KIND_STYLES[kind]
     label = f"{kind} network ({count(models[kind, seed]):,} parameters), seed {seed}"
-    curve_ax.plot(epochs, curve, style, color=KIND_COLOURS[kind], alpha=SEED_ALPHA[seed], label=label)
+    curve_ax.plot(epochs, curve, style, color=KIND_COLOURS[kind], alpha=SEED_ALPHA[seed],
+                  label=label)
     loss_ax.plot(epochs, loss_curves[kind, seed], style, color=KIND_COLOURS[kind],
                  alpha=SEED_ALPHA[seed], label=f"{kind}, seed {seed}")
 curve_ax.set_xlabel("epoch")
@@ -1061,12 +1078,13 @@ curve_ax.legend(fontsize=8)
 curve_ax.grid(alpha=0.3)
 curve_ax.set_title("accuracy after each epoch", fontsize=10)
 loss_ax.set_xlabel("epoch")
-loss_ax.set_ylabel("mean training loss of the epoch\n(cross-entropy, nats)")
+loss_ax.set_ylabel("mean training loss of the epoch\n(cross-entropy, nats, log scale)")
+loss_ax.set_yscale("log")
 loss_ax.set_xticks(epochs)
 loss_ax.legend(fontsize=8)
 loss_ax.grid(alpha=0.3)
 loss_ax.set_title("training loss", fontsize=10)
-GROUP_COLOURS = ["tab:red", "tab:orange", "tab:green", "tab:purple"]
+GROUP_COLOURS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink"]  # not the networks' colours
 for k in range(len(WATCHED)):
     ax = fig.add_subplot(grid_spec[1, k])
     viz.show_image(ax, WATCHED[k, 0], title=f"test glyph {k + 1} (label {test.labels[k]})")
@@ -1087,7 +1105,7 @@ key += [plt.Line2D([], [], linestyle="", marker="o", markersize=7, color=GROUP_C
 key += [plt.Line2D([], [], linestyle="", marker="o", color="gray", markersize=math.sqrt(150 * P * w / 4),
                     label=f"softmax weight {w:.2f}") for w in (1 / P, 0.3)]
 fig.legend(handles=key, loc="lower center", ncol=7, fontsize=8, frameon=False)
-fig.suptitle(f"DCNv2 and DCNv3 networks, same budget ({N_TRAIN} images, {EPOCHS} epochs, batch "
+fig.suptitle(f"DCNv2, DCNv3 and DCNv4 networks, same budget ({N_TRAIN} images, {EPOCHS} epochs, batch "
              f"{BATCH}, Adam); bottom: the trained DCNv3 network's last block, centre unit "
              f"{UNIT}:\nits 4 groups × 9 points on 4 test glyphs (28×28 px), area ∝ softmax weight",
              fontsize=10)
