@@ -41,6 +41,7 @@ import os
 import time
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator
 import numba
 import numpy as np
 from tqdm import tqdm
@@ -1081,7 +1082,11 @@ curve_ax.legend(fontsize=8)
 curve_ax.grid(alpha=0.3)
 curve_ax.set_title("accuracy after each epoch", fontsize=10)
 loss_ax.set_xlabel("epoch")
-loss_ax.set_ylabel("mean training loss of the epoch\n(cross-entropy, nats)")
+loss_ax.set_ylabel("mean training loss of the epoch\n(cross-entropy, nats, log scale)")
+loss_ax.set_yscale("log")
+loss_ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+for set_format in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
+    set_format(FuncFormatter(lambda value, _: f"{value:g}"))
 loss_ax.set_xticks(epochs)
 loss_ax.legend(fontsize=8)
 loss_ax.grid(alpha=0.3)
