@@ -345,12 +345,11 @@ def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, 
              aligned, position_sensitive):
     rois, offset, mask = _prepare(rois, offset, mask, output_size, x.dtype)
     ph, pw = output_size
-    c_out = x.shape[1] // (ph * pw) if position_sensitive else x.shape[1]
-    y = np.zeros((rois.shape[0], c_out, ph, pw), x.dtype)
+    groups = _groups(output_size, position_sensitive)
+    y = np.empty((rois.shape[0], x.shape[1] // groups, ph, pw), x.dtype)  # every bin is written
     most = _max_samples(rois, ph, pw, float(spatial_scale), sampling_ratio, aligned)
-    _pool_forward(_channel_rows(x, _groups(output_size, position_sensitive)), rois, offset, mask, x.shape[2], x.shape[3],
-                  float(spatial_scale), sampling_ratio, float(gamma), aligned,
-                  position_sensitive, most, y)
+    _pool_forward(_channel_rows(x, groups), rois, offset, mask, x.shape[2], x.shape[3], float(spatial_scale),
+                  sampling_ratio, float(gamma), aligned, position_sensitive, most, y)
     return y
 
 
