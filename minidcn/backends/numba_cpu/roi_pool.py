@@ -32,9 +32,10 @@ whatever NUMBA_NUM_THREADS is:
 
 * forwards, and the offset / mask gradient (a gather over channels), split the RoIs;
 * the input gradient is a scatter: RoIs overlap, so splitting them would race.  It splits
-  the output channels in blocks of ``ROW_BLOCK`` instead; each input channel is fed by
-  exactly one output channel (itself, or its position-sensitive group), so a block owns
-  its slice of every row, and adds into it in the fixed order RoI, bin, sample, corner;
+  the output channels in blocks (one per thread, ``_row_block``) instead; each input
+  channel is fed by exactly one output channel (itself, or its position-sensitive group),
+  so a block owns its slice of every row, and adds into it in the fixed order RoI, bin,
+  sample, corner, whatever the blocks are;
 * roi_pool's backward splits the channels the same way.
 
 Intermediate arithmetic is float64 (Numba promotes float32 mixed with literals), results
@@ -45,7 +46,7 @@ torchvision does, because a rounding difference there moves a whole pixel.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from .. import roi_entry_points as entry
 from ..formulas import for_cpu
@@ -54,7 +55,6 @@ from ..formulas import roi as formulas
 __all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
 
 CHANNEL_BLOCK = 16  # planes per block in the offset / mask gradient (they stay in cache)
-ROW_BLOCK = 64  # channels a thread of the input gradient owns in each channels-last row
 TILE = 16  # a tile of _swap_outer_inner is TILE x TILE values
 
 _pixel_edge = for_cpu(formulas.pixel_edge)
@@ -257,12 +257,13 @@ def _pool_forward(rows, rois, offset, mask, height, width, spatial_scale, sampli
 
 @njit(cache=True, parallel=True)
 def _pool_input_grad(grad_y, rois, offset, mask, height, width, spatial_scale, sampling_ratio,
-                     gamma, aligned, position_sensitive, max_samples, grad_rows):
-    """grad_rows is grad_x channels-last, (B, H * W, G, c_out), zeros on entry."""
+                     gamma, aligned, position_sensitive, max_samples, row_block, grad_rows):
+    """grad_rows is grad_x channels-last, (B, H * W, G, c_out), zeros on entry; each block
+    of ``row_block`` channels builds every bin's samples again (see _row_block)."""
     K, c_out, ph, pw = grad_y.shape
-    for block in prange(_channel_blocks(c_out, ROW_BLOCK)):  # a thread owns its channels
+    for block in prange(_channel_blocks(c_out, row_block)):  # a thread owns its channels
         where, weights, spans = _sample_buffers(max_samples)
-        c_lo, c_hi = _block_channels(block, c_out, ROW_BLOCK)
+        c_lo, c_hi = _block_channels(block, c_out, row_block)
         g = np.empty(c_hi - c_lo)  # the bin's upstream gradient, per channel of the block
         for k in range(K):
             b, geometry, count = _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned)
@@ -331,6 +332,16 @@ def _groups(output_size, position_sensitive):
     return output_size[0] * output_size[1] if position_sensitive else 1
 
 
+def _row_block(c_out):
+    """Channels per block of the input gradient: c_out split evenly over numba's threads,
+    rounded up to 16 (a cache line of float32).  Every block builds all the bins' samples
+    again, so the fewer blocks the better (4 blocks of 64 channels took 15% more CPU time
+    than 2 of 128 in bench roi); the numbers do not depend on it (each value still adds
+    its terms in the order RoI, bin, sample, corner)."""
+    per_thread = -(-c_out // get_num_threads())
+    return max(16, -(-per_thread // 16) * 16)
+
+
 def _channel_rows(planes, groups):
     """(B, C, H, W) planes as channels-last rows (B, H * W, G, C / G): the values a sample
     reads for every output channel at once, in one contiguous row (input channel c G + g,
@@ -348,8 +359,9 @@ def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, 
     groups = _groups(output_size, position_sensitive)
     y = np.empty((rois.shape[0], x.shape[1] // groups, ph, pw), x.dtype)  # every bin is written
     most = _max_samples(rois, ph, pw, float(spatial_scale), sampling_ratio, aligned)
-    _pool_forward(_channel_rows(x, groups), rois, offset, mask, x.shape[2], x.shape[3], float(spatial_scale),
-                  sampling_ratio, float(gamma), aligned, position_sensitive, most, y)
+    _pool_forward(_channel_rows(x, groups), rois, offset, mask, x.shape[2], x.shape[3],
+                  float(spatial_scale), sampling_ratio, float(gamma), aligned,
+                  position_sensitive, most, y)
     return y
 
 
@@ -365,7 +377,8 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
     groups = _groups(output_size, position_sensitive)
     grad_rows = np.zeros((B, H * W, groups, C // groups), grad_y.dtype)
     _pool_input_grad(grad_y, rois, offset, mask, H, W, float(spatial_scale), sampling_ratio,
-                     float(gamma), aligned, position_sensitive, most, grad_rows)
+                     float(gamma), aligned, position_sensitive, most,
+                     _row_block(grad_y.shape[1]), grad_rows)
     grad_x = np.empty(tuple(input_shape), grad_y.dtype)  # owns its memory (autograd adopts it)
     _swap_outer_inner(grad_rows, grad_x.reshape(B, C // groups, groups, H * W))
     if x is None:
