@@ -28,8 +28,9 @@ How the work is split:
 
 What bounds these kernels is memory, not arithmetic: the forward reads x and writes y,
 the backward reads dy and x and writes dx, each once from memory (the second pass over a
-group finds it in cache), and writing a fresh 8 MB array costs about as much as reading
-two.
+group finds it in cache).  On the 2-core machine of the benchmark, summing 8 MB of float32
+took 0.25 ms of CPU time and copying it 0.57 ms; the group norm forward took 0.8 ms and
+the backward 1.0 ms for (8, 64, 64, 64), so little is left to gain inside them.
 """
 
 from __future__ import annotations
