@@ -72,10 +72,14 @@ def test_huge_integers_are_refused_naming_the_argument(call, name, value):
 
 
 @pytest.mark.parametrize("shapes", [[[1, 2], [2**31, 1]], [[1, 2], [2**62, 1]],
-                                    [[1, 2], [2**64, 1]],
+                                    [[1, 2], [2**64, 1]], [[1, 2], [2**63 + 1, 1]],
+                                    [[1, 2], [np.uint64(2**64 - 1), 1]],
                                     np.array([[1, 2], [2**64 - 1, 1]], np.uint64)],
-                         ids=["2**31", "2**62", "2**64", "uint64 2**64 - 1"])
+                         ids=["2**31", "2**62", "2**64", "2**63 + 1", "uint64 in a list",
+                              "uint64 2**64 - 1"])
 def test_huge_level_sizes_are_refused_naming_the_level(shapes):
+    """Exactly, as given: a list holding 2**63 + 1 beside small ints is a float64 array to
+    NumPy, and was refused as "dtype float64" (the battery)."""
     value, locations, weights = (np.zeros((1, 2, 1, 1)), np.zeros((1, 1, 1, 2, 1, 2)),
                                  np.zeros((1, 1, 1, 2, 1)))
     with pytest.raises(ValueError, match=r"multi_scale_deform_attn: spatial_shapes\[1, 0\] "
