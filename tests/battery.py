@@ -1606,10 +1606,14 @@ def build_modern():
         for key in keys:
             for how in ("fortran", "reversed", "transposed", "strided"):
                 for as_t in (False, True):
+                    # a strided Tensor reaches the kernels as a view: dangerous (Numba and
+                    # CUDA check no bounds), so in the reference and cuda subsets too
+                    strided = how == "strided" and as_t
                     add(f"modern.layout.{op}.{key}.{how}{'.tensor' if as_t else '.array'}",
                         "shape", layout(op, key, how, as_t), [key], valid=True,
-                        backends=CUDA_FEW if (op in ("dcnv3", "multi_scale_deform_attn") and
-                                              how == "strided" and as_t) else HOST)
+                        dangerous=strided,
+                        backends=CUDA_FEW if strided and op in (
+                            "dcnv3", "multi_scale_deform_attn", "softmax") else HOST)
 
     # --- dtypes: mixed, integer, float16, float32 throughout
     def dtypes(op, key, conv, whole=None):
@@ -1641,7 +1645,7 @@ def build_modern():
                 kw[key] = md().Tensor(arr(kw, key))
                 return call_op(op, kw)
             add(f"modern.device.{op}.{key}_on_host", "type", mixed, [key, "device"],
-                refuse=True, backends=("cuda",))
+                refuse=True, dangerous=True, backends=("cuda",))
 
     # --- empty axes: the batch is valid (torch), the others refused naming the argument
     def empty(op, cuts, valid):
@@ -1693,8 +1697,7 @@ def build_modern():
     for name, (op, cuts, valid) in empties.items():
         add(f"modern.empty.{name}", "empty", empty(op, cuts, valid), list(cuts) + [
             "spatial_shapes", "input"], valid=valid,
-            backends=CUDA_FEW if name.endswith("batch0") and op in (
-                "dcnv3", "dcnv4", "multi_scale_deform_attn") else HOST)
+            backends=CUDA_FEW if name.endswith("batch0") or op in ("softmax", "gelu") else HOST)
 
     def msda_L0():
         kw, _ = spec("multi_scale_deform_attn")
@@ -1883,6 +1886,59 @@ def build_modern():
                 return nonfinite([host(y)])
             add(f"modern.nn.{kind}.forward.{name}", "shape", run, names, refuse=refuse,
                 valid=not refuse, backends=CUDA_FEW if name == "batch0" else HOST)
+
+    def small_module(make, shape):
+        def run():
+            m = make(md().nn)
+            x = leaf(shape, 3)
+            y = m(dev(x))
+            backward(y)
+            return nonfinite([host(y), host(x.grad)])
+        return run
+    small = {
+        "LayerNorm(4,channels_last=True)(N,C,H,W)": (
+            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 4, 3, 3), ["input"], True),
+        "LayerNorm(4,channels_last=True)(N,H,W,C)": (
+            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 3, 3, 4), ["input"], False),
+        "LayerNorm(4,channels_last=1)": (
+            lambda nn: nn.LayerNorm(4, channels_last=1), (2, 3, 3, 4), ["channels_last"], True),
+        "Softmax(dim=5)": (lambda nn: nn.Softmax(5), (2, 3), ["dim"], True),
+        "Softmax(dim=1.5)": (lambda nn: nn.Softmax(1.5), (2, 3), ["dim"], True),
+        "Softmax(dim=-1)": (lambda nn: nn.Softmax(-1), (2, 3), ["dim"], False),
+        "GELU()(N,0)": (lambda nn: nn.GELU(), (2, 0), ["input"], False),
+    }
+    for name, (make, shape, names, refuse) in small.items():
+        add(f"modern.nn.{name}", "hyper" if refuse else "shape", small_module(make, shape),
+            names, refuse=refuse, valid=not refuse, backends=HOST)
+
+    def module_host_input(kind):
+        def run():
+            m = module(kind)  # on the battery's device (cuda here)
+            if kind == "msda":
+                args = msda_args()
+                args["query"] = md().Tensor(host(args["query"]))
+                y = m(**args)
+            else:
+                y = m(md().Tensor(X8()))
+            backward(y)
+            return "accepted"
+        return run
+    for kind in ("DCNv3", "msda"):
+        add(f"modern.device.nn.{kind}.input_on_host", "type", module_host_input(kind),
+            ["input", "query", "device", "cpu"], refuse=True, dangerous=True,
+            backends=("cuda",))
+
+    def module_shapes_mutated():
+        def build():
+            m = module("msda")
+            args = msda_args()
+            shapes = args["spatial_shapes"]
+            q = leaf((2, 3, 8), 1)
+            args["query"] = dev(q)
+            return m(**args), [q] + list(m.parameters()), shapes
+        return mutation(build, lambda shapes: shapes.__setitem__(slice(None), shapes[::-1].copy()))
+    add("modern.mut.nn.MultiScaleDeformableAttention.spatial_shapes_numpy_changed", "mutation",
+        module_shapes_mutated(), ["spatial_shapes"], backends=HOST)
 
     def state(kind, edit, names, then_forward=False):
         def run():
