@@ -1566,16 +1566,23 @@ def build_modern():
         add(f"modern.msda.{name}", "shape", cross_checked(msda_shape(change, names)),
             names or ["value"], refuse=names is not None, valid=names is None)
 
-    # --- layouts: Fortran order, negative strides, every other element; as arrays and Tensors
+    # --- layouts: Fortran order, negative strides, every other element, zero strides, big-endian
+    # float64; as arrays and as Tensors
     def layout(op, key, how, as_tensor):
         def run():
             kw, _ = spec(op)
             a = arr(kw, key)
+            if how == "broadcast":  # every item (or row) the first one's: a zero stride
+                a = np.repeat(a[:1], a.shape[0], axis=0)
             call_op(op, dict(kw, **{key: dev(md().Tensor(a))}))
             want = list(LAST_RESULT)
             kw, _ = spec(op)
             if how == "fortran":
                 v = np.asfortranarray(a)
+            elif how == "broadcast":
+                v = np.broadcast_to(a[:1], a.shape)
+            elif how == "big_endian":  # float64 as read from a file written big-endian
+                v = a.astype(">f8")
             elif how == "reversed":
                 v = a[::-1].copy()[::-1]
             elif how == "transposed":
@@ -1604,7 +1611,8 @@ def build_modern():
                    "gelu": ["input"], "softmax": ["input"], "layer_norm_cl": ["input", "weight"]}
     for op, keys in layout_keys.items():
         for key in keys:
-            for how in ("fortran", "reversed", "transposed", "strided"):
+            for how in ("fortran", "reversed", "transposed", "strided", "broadcast",
+                        "big_endian"):
                 for as_t in (False, True):
                     # a strided Tensor reaches the kernels as a view: dangerous (Numba and
                     # CUDA check no bounds), so in the reference and cuda subsets too
