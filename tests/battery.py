@@ -1752,6 +1752,21 @@ def build_modern():
                 backends=CUDA_FEW if op == "multi_scale_deform_attn" and
                 keys == ["spatial_shapes"] else HOST)
 
+    # a Tensor's .data changed in place after forward: no op can own that without copying
+    # every input (torch refuses at backward through its version counters; minidcn has none,
+    # like mut.conv2d.input.tensor_data_changed)
+    def td_build(op, key):
+        def build():
+            kw, leaves = spec(op)
+            t = md().Tensor(arr(kw, key))
+            kw[key] = t
+            return op_specs()[op][0](**kw), leaves, t  # the replaced leaf's gradient: None
+        return build
+    for op, key in (("dcnv3", "offset"), ("multi_scale_deform_attn", "sampling_locations")):
+        add(f"modern.mut.{op}.{key}_tensor_data_changed", "mutation",
+            mutation(td_build(op, key), lambda t: t.data.__imul__(3.0)), [key],
+            backends=HOST)
+
     def ss_list_mut():
         def build():
             kw, leaves = spec("multi_scale_deform_attn")
