@@ -12,7 +12,8 @@ watched by a parent process, and classifies what happened.  Run it from the repo
 ``--out FILE`` writes every case's result as JSON (FILE) and as a markdown table
 (FILE with .md).  ``--backend cuda`` runs device tensors (``.to("cuda")``) in numba's CUDA
 simulator (NUMBA_ENABLE_CUDASIM=1 is set for the workers).  ``--subset dangerous`` keeps
-the mutation, empty-input, RoI and huge-integer cases (the ones that can crash or hang).
+the mutation, empty-input, RoI and huge-integer cases, far offsets and locations, strided
+device Tensors and mixed devices (the ones that can crash or hang).
 
 How it runs: a pool of worker subprocesses (default 1) imports minidcn once, warms the common
 kernels up, then reads case ids on stdin and answers one JSON line per case.  Each worker
@@ -1778,6 +1779,8 @@ def build_modern():
         ss_list_mut(), ["spatial_shapes"])
 
     # --- modules: constructors, forward arguments, state files
+    def attention(*args, **kwargs):
+        return lambda nn: nn.MultiScaleDeformableAttention(*args, **kwargs)
     ctor = {
         "DCNv3(0)": lambda nn: nn.DCNv3(0), "DCNv3(-4)": lambda nn: nn.DCNv3(-4),
         "DCNv3(6,group=4)": lambda nn: nn.DCNv3(6, group=4),
@@ -1806,17 +1809,17 @@ def build_modern():
         "DCNv4(0)": lambda nn: nn.DCNv4(0),
         "DCNv4(8,dilation=0)": lambda nn: nn.DCNv4(8, dilation=0),
         "DCNv4(8,group=True)": lambda nn: nn.DCNv4(8, group=True),
-        "MultiScaleDeformableAttention(10,num_heads=4)": lambda nn: nn.MultiScaleDeformableAttention(10, 4, 1, 1),
-        "MultiScaleDeformableAttention(0,num_heads=1)": lambda nn: nn.MultiScaleDeformableAttention(0, 1, 1, 1),
-        "MultiScaleDeformableAttention(8,num_heads=0)": lambda nn: nn.MultiScaleDeformableAttention(8, 0, 1, 1),
-        "MultiScaleDeformableAttention(8,2,num_levels=0)": lambda nn: nn.MultiScaleDeformableAttention(8, 2, 0, 1),
-        "MultiScaleDeformableAttention(8,2,1,num_points=-1)": lambda nn: nn.MultiScaleDeformableAttention(8, 2, 1, -1),
-        "MultiScaleDeformableAttention(embed_dims=2**31)": lambda nn: nn.MultiScaleDeformableAttention(2**31, 1, 1, 1),
-        "MultiScaleDeformableAttention(embed_dims=2**20)": lambda nn: nn.MultiScaleDeformableAttention(2**20, 1, 1, 1),
+        "MultiScaleDeformableAttention(10,num_heads=4)": attention(10, 4, 1, 1),
+        "MultiScaleDeformableAttention(0,num_heads=1)": attention(0, 1, 1, 1),
+        "MultiScaleDeformableAttention(8,num_heads=0)": attention(8, 0, 1, 1),
+        "MultiScaleDeformableAttention(8,2,num_levels=0)": attention(8, 2, 0, 1),
+        "MultiScaleDeformableAttention(8,2,1,num_points=-1)": attention(8, 2, 1, -1),
+        "MultiScaleDeformableAttention(embed_dims=2**31)": attention(2**31, 1, 1, 1),
+        "MultiScaleDeformableAttention(embed_dims=2**20)": attention(2**20, 1, 1, 1),
         "MultiScaleDeformableAttention(8,2,num_levels=2**16,num_points=2**16)":
-            lambda nn: nn.MultiScaleDeformableAttention(8, 2, 2**16, 2**16),
-        "MultiScaleDeformableAttention(8.0,2)": lambda nn: nn.MultiScaleDeformableAttention(8.0, 2),
-        "MultiScaleDeformableAttention(8,2,dtype=int)": lambda nn: nn.MultiScaleDeformableAttention(8, 2, dtype=np.int64),
+            attention(8, 2, 2**16, 2**16),
+        "MultiScaleDeformableAttention(8.0,2)": attention(8.0, 2),
+        "MultiScaleDeformableAttention(8,2,dtype=int)": attention(8, 2, dtype=np.int64),
     }
     import re
     for name, make in ctor.items():
@@ -1922,7 +1925,8 @@ def build_modern():
         "LayerNorm(4,channels_last=True)(N,C,H,W)": (
             lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 4, 3, 3), ["input"], True),
         "LayerNorm(4,channels_last=True)(N,H,W,C)": (
-            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 3, 3, 4), ["input"], False),
+            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 3, 3, 4), ["input"],
+            False),
         "LayerNorm(4,channels_last=1)": (
             lambda nn: nn.LayerNorm(4, channels_last=1), (2, 3, 3, 4), ["channels_last"], True),
         "Softmax(dim=5)": (lambda nn: nn.Softmax(5), (2, 3), ["dim"], True),

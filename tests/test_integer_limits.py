@@ -60,7 +60,8 @@ HUGE_INTEGERS = [
     (lambda v: F.dcnv4(X4, OFF_MASK4, group=v), "dcnv4: group"),
     (lambda v: nn.DCNv3(v), "DCNv3: channels"),
     (lambda v: nn.DCNv4(8, group=v), "DCNv4: group"),
-    (lambda v: nn.MultiScaleDeformableAttention(8, 2, v), "MultiScaleDeformableAttention: num_levels"),
+    (lambda v: nn.MultiScaleDeformableAttention(8, 2, v),
+     "MultiScaleDeformableAttention: num_levels"),
 ]
 
 

@@ -130,8 +130,10 @@ def _backward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, r
                             qy, qx = y0 + k // 2, x0 + k % 2
                             if 0 <= qy < height and 0 <= qx < width:
                                 cuda.atomic.add(grad_x, (n, qy, qx, first + c), m * w[k] * grad)
-                grad_offset[n, oy, ox, first_offset + 2 * p] = offset_gradient(scale, m, corner_sum(w_dx, s))
-                grad_offset[n, oy, ox, first_offset + 2 * p + 1] = offset_gradient(scale, m, corner_sum(w_dy, s))
+                grad_offset[n, oy, ox, first_offset + 2 * p] = offset_gradient(
+                    scale, m, corner_sum(w_dx, s))
+                grad_offset[n, oy, ox, first_offset + 2 * p + 1] = offset_gradient(
+                    scale, m, corner_sum(w_dy, s))
                 grad_mask[n, oy, ox, first_mask + p] = corner_sum(w, s)
         if softmax:
             dot = 0.0

@@ -171,8 +171,10 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
                                 a10[c] += g10 * grad[c]
                                 a11[c] += g11 * grad[c]
                         s = (s00, s01, s10, s11)
-                        grad_offsets[first_offset + 2 * p] = offset_gradient(scale, m, corner_sum(w_dx, s))
-                        grad_offsets[first_offset + 2 * p + 1] = offset_gradient(scale, m, corner_sum(w_dy, s))
+                        grad_offsets[first_offset + 2 * p] = offset_gradient(
+                            scale, m, corner_sum(w_dx, s))
+                        grad_offsets[first_offset + 2 * p + 1] = offset_gradient(
+                            scale, m, corner_sum(w_dy, s))
                         grad_modulation[first_mask + p] = corner_sum(w, s)
                 if softmax:
                     dot = 0.0
