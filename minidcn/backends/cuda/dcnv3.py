@@ -37,6 +37,7 @@ from .bilinear import bilinear_weights, corner_sum
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
+offset_gradient = for_gpu(formulas.offset_gradient)
 sampling_location = for_gpu(formulas.sampling_location)
 softmax_stats = for_gpu(formulas.softmax_stats)
 
@@ -129,8 +130,10 @@ def _backward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, r
                             qy, qx = y0 + k // 2, x0 + k % 2
                             if 0 <= qy < height and 0 <= qx < width:
                                 cuda.atomic.add(grad_x, (n, qy, qx, first + c), m * w[k] * grad)
-                grad_offset[n, oy, ox, first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
-                grad_offset[n, oy, ox, first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
+                grad_offset[n, oy, ox, first_offset + 2 * p] = offset_gradient(
+                    scale, m, corner_sum(w_dx, s))
+                grad_offset[n, oy, ox, first_offset + 2 * p + 1] = offset_gradient(
+                    scale, m, corner_sum(w_dy, s))
                 grad_mask[n, oy, ox, first_mask + p] = corner_sum(w, s)
         if softmax:
             dot = 0.0

@@ -7,6 +7,7 @@ The formula is stated over whole arrays in ``backends/reference/dcnv3.py``.  Per
   the inner one: x-major, the centre skipped with ``remove_center``), samples
   (``sampling_location``):
   y = oy s_h - p_h + c_h + s (j d_h - c_h + dy),  x = ox s_w - p_w + c_w + s (i d_w - c_w + dx);
+* the gradient of one of its offset coordinates, s m Σ_i w'_i S_i (``offset_gradient``);
 * its modulation: the raw scalar, or with DCNv4's ``softmax=True`` exp(l_p - top) / total
   over the group's P logits, top and total from ``softmax_stats``.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["sampling_location", "softmax_stats"]
+__all__ = ["offset_gradient", "sampling_location", "softmax_stats"]
 
 
 def sampling_location(oy, ox, i, j, dx, dy, geometry, scale):
@@ -33,6 +34,16 @@ def sampling_location(oy, ox, i, j, dx, dy, geometry, scale):
     y = (oy * sh - ph + ch) + scale * ((j * dh - ch) + dy)
     x = (ox * sw - pw + cw) + scale * ((i * dw - cw) + dx)
     return y, x
+
+
+def offset_gradient(scale, m, slope_sum):
+    """s · m · slope_sum, the gradient of offset dx (or dy) of a point with modulation m, and
+    exactly 0 where slope_sum is 0: a point that reads 0 (outside the band, or at a NaN,
+    infinite or huge location) gets gradient 0 even when s · m overflows to inf, whose
+    product with 0 would be NaN (the reference multiplies m into the sum first)."""
+    if slope_sum == 0.0:
+        return 0.0
+    return scale * m * slope_sum
 
 
 def softmax_stats(logits, start, count):

@@ -47,6 +47,7 @@ from .floating import REORDER
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
+offset_gradient = for_cpu(formulas.offset_gradient)
 sampling_location = for_cpu(formulas.sampling_location)
 softmax_stats = for_cpu(formulas.softmax_stats)
 
@@ -118,6 +119,7 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
         grad_xpad[n, q_i + 1, g·D + c] += m w_i G_c                (the scatter)
         S_i = Σ_c G_c x_c(q_i)                                    (the gradient reaching corner i)
         grad_offset[dx of (g, p)] = s m Σ_i w_dx_i S_i,  [dy of (g, p)] = s m Σ_i w_dy_i S_i
+                                  (0 where the sum is 0, even if s m overflows: offset_gradient)
         grad_mask[(g, p)]         = Σ_i w_i S_i
 
     then, with softmax, grad_mask[(g, p)] <- m_p (grad_mask[(g, p)] - Σ_q m_q grad_mask[(g, q)])
@@ -169,8 +171,10 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
                                 a10[c] += g10 * grad[c]
                                 a11[c] += g11 * grad[c]
                         s = (s00, s01, s10, s11)
-                        grad_offsets[first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
-                        grad_offsets[first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
+                        grad_offsets[first_offset + 2 * p] = offset_gradient(
+                            scale, m, corner_sum(w_dx, s))
+                        grad_offsets[first_offset + 2 * p + 1] = offset_gradient(
+                            scale, m, corner_sum(w_dy, s))
                         grad_modulation[first_mask + p] = corner_sum(w, s)
                 if softmax:
                     dot = 0.0
