@@ -1,16 +1,19 @@
-"""Command line of the benchmark: ``python -m minidcn.bench [section ...] [--repeat N]``
-(also ``minidcn bench ...``)."""
+"""Command line of the benchmark: ``python -m minidcn.bench [section ...] [--repeat N]
+[--rounds R] [--smoke]`` (also ``minidcn bench ...``)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import sys
 
-from . import SECTIONS
+from . import section_names
+from .runner import run_section
+from .timing import load_average
 
-DESCRIPTION = ("Time minidcn's kernels on each backend, with torch and torchvision beside them "
-               "when they are installed (they are never required).")
+DESCRIPTION = ("Time minidcn's kernels beside torch and torchvision (when installed; never required), "
+               "each implementation in its own process, in alternating rounds; print the minimum and "
+               "median of each and the speed-up against the peer.")
 
 
 def _positive_int(text: str) -> int:
@@ -25,27 +28,41 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the chosen sections, return 0.
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the chosen sections; 0 if every case ran
+    and its implementations agreed, else 1.
 
     ``prog`` is the command named in usage and error messages (``minidcn bench`` when the
-    minidcn command hands over).  Bad options are usage errors (SystemExit 2) before anything
-    is timed.
+    minidcn command hands over).  Bad options are usage errors (SystemExit 2) before any
+    worker starts.
     """
+    sections = section_names()
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    parser.add_argument("sections", nargs="*", metavar="section", help=f"any of {', '.join(SECTIONS)} (default: all)")
-    parser.add_argument("--repeat", type=_positive_int, default=5, metavar="N",
-                        help="timed runs per entry, at least 1 (the best is shown; default 5)")
+    parser.add_argument("sections", nargs="*", metavar="section",
+                        help=f"any of {', '.join(sections)} (default: all)")
+    parser.add_argument("--repeat", type=_positive_int, default=3, metavar="N",
+                        help="timed calls of each implementation per round, at least 1 (default 3)")
+    parser.add_argument("--rounds", type=_positive_int, default=5, metavar="R",
+                        help="rounds, the implementations taking turns in each, at least 1 (default 5)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes: checks that every worker starts, agrees and answers "
+                             "(the times mean nothing)")
     args = parser.parse_args(argv)
-    wanted = args.sections or list(SECTIONS)
-    unknown = [s for s in wanted if s not in SECTIONS]
+    unknown = [s for s in args.sections if s not in sections]
     if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
-    print(f"minidcn benchmark, {os.cpu_count()} CPU cores, NUMBA_NUM_THREADS="
-          f"{os.environ.get('NUMBA_NUM_THREADS', 'default')}")
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(sections)}")
+    wanted = list(dict.fromkeys(args.sections)) or sections
+    print(f"minidcn benchmark: {os.cpu_count()} CPU cores, load average {load_average()}, "
+          f"Python {sys.executable}; thread variables: "
+          + (", ".join(f"{k}={os.environ[k]}" for k in THREAD_VARIABLES if k in os.environ) or "none set"),
+          flush=True)
+    ok = True
     for name in wanted:
-        importlib.import_module(f".{SECTIONS[name]}", __package__).run(args.repeat)
-    return 0
+        ok &= run_section(name, args.repeat, args.rounds, args.smoke)
+    return 0 if ok else 1
 
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
 
 if __name__ == "__main__":
     raise SystemExit(main())
