@@ -108,8 +108,6 @@ def _run(path: Path, quick: bool, out: Path) -> int:
     """Run one lesson file in a child Python, writing to the folder ``out``; return its exit code."""
     env = dict(os.environ, MINIDCN_FIGURES=str(out))
     env.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window opens
-    for name, value in lessons_support.THREAD_ENVIRONMENT.items():
-        env.setdefault(name, value)
     if quick:
         env["MINIDCN_QUICK"] = "1"
     # The child must import the same minidcn as this process, installed or not.

@@ -73,7 +73,7 @@ def test_smoke_run_times_every_implementation_and_reports_a_missing_peer(tmp_pat
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     assert bench.main(["conv2d", "--smoke", "--repeat", "1", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
-    assert "thread variables:" in out.splitlines()[0]
+    assert out.splitlines()[1].startswith("thread variables you set (every worker gets them): ")
     assert "2 rounds x 1 calls, implementations taking turns, one process each" in out
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("  minidcn ")}
     for backend in ("numba", "reference"):

@@ -9,6 +9,7 @@ import sys
 
 from . import section_names
 from .runner import run_section
+from ..threads import SET_BY_MINIDCN, user_environment
 from .timing import load_average
 
 DESCRIPTION = ("Time minidcn's kernels beside torch and torchvision (when installed; never required), "
@@ -51,10 +52,12 @@ def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(sections)}")
     wanted = list(dict.fromkeys(args.sections)) or sections
+    given = user_environment()
     print(f"minidcn benchmark: {os.cpu_count()} CPU cores, load average {load_average()}, "
-          f"Python {sys.executable}; thread variables: "
-          + (", ".join(f"{k}={os.environ[k]}" for k in THREAD_VARIABLES if k in os.environ) or "none set"),
-          flush=True)
+          f"Python {sys.executable}\nthread variables you set (every worker gets them): "
+          + (", ".join(f"{k}={given[k]}" for k in THREAD_VARIABLES if k in given) or "none")
+          + "; minidcn sets in its own workers: "
+          + (", ".join(f"{k}={v}" for k, v in SET_BY_MINIDCN.items()) or "nothing"), flush=True)
     ok = True
     for name in wanted:
         ok &= run_section(name, args.repeat, args.rounds, args.smoke)

@@ -29,7 +29,9 @@ class Worker:
     """One implementation's process; ``receive()`` reads its next JSON answer."""
 
     def __init__(self, section: str, index: int, label: str, outputs: Path, smoke: bool):
-        env = dict(os.environ)  # the user's thread settings reach every worker alike
+        from minidcn.threads import user_environment
+
+        env = user_environment()  # the user's settings, not those minidcn made in this process
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         self.label = label
         self.stderr = tempfile.TemporaryFile()
