@@ -91,6 +91,8 @@ def _workload(dtype) -> None:
     grad_of(F.max_pool2d(x, 2))
     grad_of(F.avg_pool2d(x, 3, stride=2, padding=1))
     grad_of(F.bilinear_sample(x, t(2, 5, 2, scale=3.0)))
+    grad_of(F.multi_scale_deform_attn(t(2, 19, 2, 3), [[3, 4], [2, 2], [1, 3]],
+                                      t(2, 3, 2, 3, 2, 2, scale=0.7), t(2, 3, 2, 3, 2)))
     offset = t(2, 2 * 2 * 9, 6, 6, scale=0.7)
     mask = t(2, 2 * 9, 6, 6)
     grad_of(F.deform_conv2d(x, offset, w, b, padding=1, mask=mask))
