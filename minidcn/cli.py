@@ -3,7 +3,8 @@
     minidcn lessons                        list the lessons with one-line summaries
     minidcn lesson N [--quick] [--out DIR] run lesson N
     minidcn tour [--quick] [--out DIR]     run every lesson in order, stop at the first failure
-    minidcn bench [section ...]            the benchmark (also python -m minidcn.bench)
+    minidcn bench [section ...]            the benchmark: each implementation in its own process
+                                           (--repeat N --rounds R; also python -m minidcn.bench)
     minidcn explore [--quick] [--out FILE] lesson 07's network, unit by unit, in a web page
 
 Each lesson runs as its own Python process (``python <lesson file>``), exactly as a reader
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", metavar="FILE", type=Path,
                          help=f"the HTML file to write (default: {_explore_default()})")
     # main() hands "bench ..." to the benchmark's own parser; listed here for --help.
-    sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N]")
+    sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N] [--rounds R]")
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 from minidcn.bench import __main__ as bench, runner, section_names
 from minidcn.bench.common import Case
 
-SECTIONS = ["deform_conv2d", "conv2d", "group_norm", "roi_align", "train"]
+SECTIONS = ["deform_conv2d", "conv2d", "group_norm", "roi_align", "train", "dcnv3", "msda"]
 
 
 def test_the_sections_are_the_modules_of_the_sections_folder_in_their_order():

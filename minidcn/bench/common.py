@@ -63,6 +63,18 @@ def rng_array(shape, seed=0, scale=1.0) -> np.ndarray:
     return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
 
 
+def off_the_grid(shape, seed=0, spread=2.0) -> np.ndarray:
+    """float32 offsets of about ``spread`` pixels whose fractional part is in [0.25, 0.75].
+
+    Bilinear sampling has a kink at every whole pixel; an offset within float32 round-off of
+    one would send two implementations' gradients to different sides of it, and the agreement
+    check would compare unlike things.  Offsets added to whole-pixel positions stay clear.
+    """
+    rng = np.random.default_rng(seed)
+    whole = np.round(spread * rng.standard_normal(shape))
+    return (whole + rng.uniform(0.25, 0.75, shape)).astype(np.float32)
+
+
 def minidcn_op(backend_name: str, arrays: dict, call, grad_of) -> Timed:
     """minidcn's ``call(F, **tensors)`` on a host backend (F is ``minidcn.functional``).
 

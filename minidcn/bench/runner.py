@@ -120,7 +120,7 @@ def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bo
     for numerator, denominator in case.ratios:
         stats = [min_median(times.get(label, {}).get("forward_backward")) for label in (numerator, denominator)]
         if None not in stats:
-            print(f"  {numerator} / {denominator}, fwd+bwd medians: {stats[0][1] / stats[1][1]:.2f}")
+            print(f"  {numerator} / {denominator}, fwd+bwd medians: {stats[0][1] / stats[1][1]:.3g}")
     if case.footer is not None and not smoke:
         for line in case.footer():
             print(f"  {line}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..common import Case, op_implementations, require, rng_array, torch_op
+from ..common import Case, off_the_grid, op_implementations, require, rng_array, torch_op
 from ..memory import peak_memory_lines
 
 ORDER = 1
@@ -21,12 +21,12 @@ GRAD_OF = ("x", "offset", "mask", "weight", "bias")
 
 
 def arrays(batch, c_in, c_out, size) -> dict:
-    """x, offset (a few pixels), mask in [0, 1], weight, bias, grad_y."""
+    """x, offset (a few pixels, off the pixel grid), mask in [0, 1], weight, bias, grad_y."""
     points = KERNEL * KERNEL
     out = size + 2 * PADDING - KERNEL + 1
     mask = np.random.default_rng(2).uniform(0, 1, (batch, points, out, out)).astype(np.float32)
     return dict(x=rng_array((batch, c_in, size, size), 0),
-                offset=rng_array((batch, 2 * points, out, out), 1, scale=2.0), mask=mask,
+                offset=off_the_grid((batch, 2 * points, out, out), 1), mask=mask,
                 weight=rng_array((c_out, c_in, KERNEL, KERNEL), 3, scale=0.05),
                 bias=rng_array((c_out,), 4), grad_y=rng_array((batch, c_out, out, out), 5))
 
