@@ -24,6 +24,10 @@ def test_the_sections_are_the_modules_of_the_sections_folder_in_their_order():
     (["--rounds", "1.5"], "argument --rounds: expected a whole number of at least 1, got 1.5"),
     (["conv2d", "nope"], "unknown section(s) nope; choose from " + ", ".join(SECTIONS)),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--env", "FOO"], "argument --env: expected NAME=VALUE pairs separated by spaces, got FOO"),
+    (["--env", "A=1 2B=3"], "argument --env: expected NAME=VALUE pairs separated by spaces, got A=1 2B=3"),
+    (["--env", " "], "argument --env: expected NAME=VALUE pairs separated by spaces, got  "),
+    (["--busy", "-1"], "argument --busy: expected a whole number of at least 0, got -1"),
 ])
 def test_bad_options_are_usage_errors_before_any_worker_starts(monkeypatch, capsys, argv, message):
     def started(*args, **kwargs):
@@ -68,21 +72,24 @@ def test_a_torch_worker_does_not_import_minidcn(tmp_path):
 
 def test_smoke_run_times_every_implementation_and_reports_a_missing_peer(tmp_path, monkeypatch, capsys):
     """With an import of torch that fails (as where torch is not installed), the peer's row
-    says so, the minidcn rows are timed and checked against each other, and the run succeeds."""
+    says so, the minidcn rows are timed and checked against each other, and the run succeeds.
+    An --env variant is one more row, which computes the same bits (one numba thread)."""
     (tmp_path / "torch.py").write_text("raise ImportError('torch is hidden by the test')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
-    assert bench.main(["conv2d", "--smoke", "--repeat", "1", "--rounds", "2"]) == 0
+    argv = ["conv2d", "--smoke", "--repeat", "1", "--rounds", "2", "--env", "NUMBA_NUM_THREADS=1"]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].startswith("thread variables you set (every worker gets them): ")
     assert "2 rounds x 1 calls, implementations taking turns, one process each" in out
-    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("  minidcn ")}
-    for backend in ("numba", "reference"):
-        fields = rows[backend].split()  # label (2 words), min and median twice, 2 speed-ups
-        assert all(float(ms) > 0 for ms in fields[2:6]) and fields[6:] == ["-", "-"]
+    rows = {line[10:].split("  ")[0]: line for line in out.splitlines() if line.startswith("  minidcn ")}
+    for backend in ("numba", "numba [NUMBA_NUM_THREADS=1]", "reference"):
+        fields = rows[backend].split()[-6:]  # min and median twice, 2 speed-ups
+        assert all(float(ms) > 0 for ms in fields[:4]) and fields[4:] == ["-", "-"]
     torch_row = next(line.split(None, 1) for line in out.splitlines() if line.startswith("  torch "))
     assert torch_row == ["torch", "unavailable (ImportError: torch does not import: ImportError: "
                                   "torch is hidden by the test)"]
     assert "outputs and gradients agree (rtol 0.001, atol 0.001):" in out
+    assert "minidcn numba [NUMBA_NUM_THREADS=1] vs minidcn numba: largest |difference| 0 (" in out
     assert "load average (1 min):" in out
 
 

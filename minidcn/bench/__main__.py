@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 
 from . import section_names
@@ -28,6 +29,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _variables(text: str) -> dict:
+    """argparse type: "NAME=VALUE [NAME=VALUE ...]" -> {NAME: VALUE}."""
+    pairs = {}
+    for item in text.split():
+        name, equals, value = item.partition("=")
+        if not equals or not name.isidentifier():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by spaces, got {text!r}")
+        pairs[name] = value
+    if not pairs:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by spaces, got {text!r}")
+    return pairs
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
+    return value
+
+
 def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the chosen sections; 0 if every case ran
     and its implementations agreed, else 1.
@@ -44,6 +69,12 @@ def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
                         help="timed calls of each implementation per round, at least 1 (default 3)")
     parser.add_argument("--rounds", type=_positive_int, default=5, metavar="R",
                         help="rounds, the implementations taking turns in each, at least 1 (default 5)")
+    parser.add_argument("--env", type=_variables, action="append", default=[], metavar='"NAME=VALUE ..."',
+                        help="also time minidcn with these environment variables set, as a user would "
+                             "set them (repeatable; e.g. --env OPENBLAS_NUM_THREADS=2)")
+    parser.add_argument("--busy", type=_count, default=0, metavar="K",
+                        help="keep K other processes busy (an endless loop each) while the workers "
+                             "run, as on a laptop doing other work (default 0)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes: checks that every worker starts, agrees and answers "
                              "(the times mean nothing)")
@@ -59,8 +90,16 @@ def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
           + "; minidcn sets in its own workers: "
           + (", ".join(f"{k}={v}" for k, v in SET_BY_MINIDCN.items()) or "nothing"), flush=True)
     ok = True
-    for name in wanted:
-        ok &= run_section(name, args.repeat, args.rounds, args.smoke)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    if busy:
+        print(f"{len(busy)} busy process(es) running beside the workers")
+    try:
+        for name in wanted:
+            ok &= run_section(name, args.repeat, args.rounds, args.smoke, args.env)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
     return 0 if ok else 1
 
 

@@ -28,10 +28,12 @@ class WorkerFailed(RuntimeError):
 class Worker:
     """One implementation's process; ``receive()`` reads its next JSON answer."""
 
-    def __init__(self, section: str, index: int, label: str, outputs: Path, smoke: bool):
+    def __init__(self, section: str, index: int, label: str, outputs: Path, smoke: bool,
+                 variables: dict | None = None):
         from minidcn.threads import user_environment
 
         env = user_environment()  # the user's settings, not those minidcn made in this process
+        env.update(variables or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         self.label = label
         self.stderr = tempfile.TemporaryFile()
@@ -68,27 +70,44 @@ class Worker:
         self.process.stdout.close()
 
 
-def run_section(name: str, repeat: int, rounds: int, smoke: bool = False) -> bool:
-    """Run and print every case of section ``name``; False if a case failed or disagreed."""
+def run_section(name: str, repeat: int, rounds: int, smoke: bool = False, variants=()) -> bool:
+    """Run and print every case of section ``name``; False if a case failed or disagreed.
+
+    ``variants``: dicts of environment variables; each adds a row per minidcn implementation,
+    run with those variables set (as a user would set them), timed in the same rounds.
+    """
     module = importlib.import_module(f"{__package__}.sections.{name}")
     ok = True
     for index, case in enumerate(module.cases(smoke)):
-        ok &= run_case(name, index, case, repeat, rounds, smoke)
+        ok &= run_case(name, index, case, repeat, rounds, smoke, variants)
     return ok
 
 
-def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bool) -> bool:
+def _with_variants(case, variants) -> dict:
+    """{row label: (implementation label, extra variables)} for a case and its variants."""
+    rows = {}
+    for label in case.implementations:
+        rows[label] = (label, {})
+        if label.startswith("minidcn"):
+            for variables in variants:
+                named = " ".join(f"{k}={v}" for k, v in variables.items())
+                rows[f"{label} [{named}]"] = (label, variables)
+    return rows
+
+
+def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bool, variants=()) -> bool:
     """Start the workers, check that they agree, time them in alternating rounds, print."""
     print(f"\n{case.title}", flush=True)
+    rows = _with_variants(case, variants)
     load_before = load_average()
     status = dict(case.skipped)  # label -> why there is no time
     workers, described = {}, {}
     ok = True
     with tempfile.TemporaryDirectory(prefix="minidcn-bench-") as scratch:
         outputs = {}
-        for number, label in enumerate(case.implementations):
+        for number, (label, (implementation, variables)) in enumerate(rows.items()):
             outputs[label] = Path(scratch) / f"{number}.npz"
-            worker = Worker(section, index, label, outputs[label], smoke)
+            worker = Worker(section, index, implementation, outputs[label], smoke, variables)
             try:
                 answer = worker.receive()
             except WorkerFailed as error:
@@ -101,7 +120,7 @@ def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bo
             else:
                 workers[label], described[label] = worker, answer["ready"]
         agreement, agree = _agreement({label: np.load(outputs[label]) for label in workers
-                                       if label not in case.unchecked}, case)
+                                       if rows[label][0] not in case.unchecked}, case)
         times = {label: {"forward": [], "forward_backward": []} for label in workers}
         if not agree:
             for label in workers:
@@ -112,7 +131,7 @@ def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bo
         for worker in workers.values():
             worker.close()
     print(f"  {rounds} rounds x {repeat} calls, implementations taking turns, one process each")
-    _table(case, times, status)
+    _table(case, list(rows), times, status)
     for label, text in described.items():
         print(f"  {label}: {text}")
     for line in agreement:
@@ -177,15 +196,16 @@ def _ms(seconds: float) -> str:
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
-def _table(case, times, status) -> None:
+def _table(case, labels, times, status) -> None:
     peer = min_median(times.get(case.peer, {}).get("forward")) if case.peer else None
     peer_full = min_median(times.get(case.peer, {}).get("forward_backward")) if case.peer else None
-    width = max(len(label) for label in list(case.implementations) + list(case.skipped)) + 2
+    labels = labels + [k for k in case.skipped if k not in labels]
+    width = max(len(label) for label in labels) + 2
     speed = f"  speed-up vs {case.peer} (medians)" if case.peer else ""
     print(f"  {'':{width}}{'forward ms':^19}{'fwd+bwd ms':^19}{speed}")
     print(f"  {'implementation':{width}}{'min':>9}{'median':>10}{'min':>9}{'median':>10}"
           + (f"{'fwd':>10}{'fwd+bwd':>10}" if case.peer else ""))
-    for label in list(case.implementations) + [k for k in case.skipped if k not in case.implementations]:
+    for label in labels:
         if label not in times:
             print(f"  {label:{width}}{status.get(label, '-')}")
             continue
