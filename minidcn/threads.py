@@ -7,10 +7,11 @@ hand to ``np.matmul``.  Left to their defaults, both keep their threads **spinni
 each piece of work, waiting for the next: libgomp for about 300 000 polls, OpenBLAS for
 about 2**28 processor cycles.  On a two-core laptop the spinning threads of one pool then
 take the cores that the other pool's threads need, and every spell of other work on the
-machine makes it worse.  Measured with the issue's workloads on two cores with other work
-running (medians, fwd+bwd): one SGD step of a small DCNv2 network 3227 ms with the
-defaults against 56 to 188 ms with single-threaded BLAS; conv2d (8, 64, 32, 32) 330 ms
-against 51 ms.
+machine makes it worse.  Measured on two cores shared with other work (load average 10 to
+30), medians of forward+backward, the defaults against single-threaded BLAS with passive
+waiting: one SGD step of a small DCNv2 network 3578 ms against 272 ms, conv2d
+(8, 64, 32, 32) 2402 ms against 98 ms, group_norm 68 ms against 22 ms, deform_conv2d
+1133 ms against 1056 ms.
 
 So ``import minidcn`` (this module runs first) sets, **each only when you have not**:
 
@@ -33,8 +34,9 @@ To override: set the variable yourself, in the shell or in ``os.environ`` before
 ``import minidcn`` (yours always wins); after the import, ``threadpoolctl`` changes BLAS's
 threads (``threadpool_limits(2, "blas")``) and ``numba.set_num_threads`` numba's.
 ``NUMBA_NUM_THREADS`` and ``NUMBA_THREADING_LAYER`` are numba's own and minidcn does not set
-them: with single-threaded BLAS and passive waiting, numba's default layer and thread
-count were as fast as any other choice measured.
+them.  On a heavily loaded machine ``NUMBA_THREADING_LAYER=workqueue`` was faster still
+(training step 42 ms, group_norm 3.4 ms, at load 15), but that layer aborts the process
+when two Python threads run parallel loops at once, so minidcn does not choose it for you.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The benchmark's command line and worker protocol (tiny shapes; no timing is asserted)."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
