@@ -28,7 +28,7 @@ So ``import minidcn`` (this module runs first) sets, **each only when you have n
   alone.
 
 Variables put into ``os.environ`` are inherited by child processes, as yours would be;
-``SET_BY_MINIDCN`` lists them (the benchmark removes them from its peers' workers).
+``SET_BY_MINIDCN`` lists them (the benchmark's workers start without them).
 
 To override: set the variable yourself, in the shell or in ``os.environ`` before
 ``import minidcn`` (yours always wins); after the import, ``threadpoolctl`` changes BLAS's

@@ -14,6 +14,12 @@ How the numbers are taken (``runner.py``), and why:
 * **Minimum and median** of every timed call are printed, and the speed-up against the
   case's peer (its time / the row's time, from the medians).  The load average before and
   after goes under each table: timings on a busy machine are not comparable to quiet ones.
+* **Thread settings as the user gives them.**  Every worker gets the environment the user
+  started the benchmark with (not what ``import minidcn`` set in the runner); minidcn's
+  workers then arrange their threads as any minidcn script does (``minidcn/threads.py``),
+  torch's as torch does.  ``--env "NAME=VALUE ..."`` adds rows of minidcn run with those
+  variables, and ``--busy K`` keeps K endless loops running beside the workers: the
+  default-against-hand-tuned comparison, on a quiet or a busy machine.
 * **Agreement first.**  Before any timing, each worker writes its output and gradients
   for the same inputs, and the runner compares them; a case whose implementations
   disagree is not timed.
