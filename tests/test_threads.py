@@ -31,18 +31,21 @@ print(json.dumps(settings))
 def _run(**variables):
     """Run SCRIPT with no thread variables but ``variables``; (settings, stderr)."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    env.update(variables, OMP_DISPLAY_ENV="TRUE",  # libgomp prints what it read when it loads
+    env.update(variables, OMP_DISPLAY_ENV="VERBOSE",  # libgomp prints what it read when it loads
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1]), done.stderr + done.stdout
 
 
-def _libgomp_wait_policy(settings, printed):
+def _libgomp_waiting(settings, printed):
+    """(wait policy, spin count) as libgomp printed them.  Its default prints as PASSIVE
+    too, but spins 300000 times: only the spin count tells them apart."""
     if settings["numba_threading_layer"] != "omp" or "OPENMP DISPLAY ENVIRONMENT" not in printed:
         pytest.skip("numba's threading layer is not GNU OpenMP here")
-    return next(line.split("=")[1].strip(" '") for line in printed.splitlines()
-                if line.strip().startswith("OMP_WAIT_POLICY"))
+    shown = dict(line.strip().split(" = ", 1) for line in printed.splitlines()
+                 if line.strip().startswith(("OMP_WAIT_POLICY =", "GOMP_SPINCOUNT =")))
+    return shown["OMP_WAIT_POLICY"].strip("'"), int(shown["GOMP_SPINCOUNT"].strip("'"))
 
 
 def test_a_plain_import_makes_numba_wait_passively_and_blas_single_threaded():
@@ -50,7 +53,7 @@ def test_a_plain_import_makes_numba_wait_passively_and_blas_single_threaded():
     assert settings["environ"] == {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
     assert settings["set_by_minidcn"] == settings["environ"]
     assert settings["blas_threads"] and set(settings["blas_threads"].values()) == {1}
-    assert _libgomp_wait_policy(settings, printed) == "PASSIVE"
+    assert _libgomp_waiting(settings, printed) == ("PASSIVE", 0)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="BLAS caps its threads at the cores")
@@ -59,7 +62,8 @@ def test_the_users_own_variables_win():
     assert settings["environ"] == {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_NUM_THREADS": "2"}
     assert settings["set_by_minidcn"] == {}
     assert 2 in settings["blas_threads"].values()  # NumPy's BLAS, as the user asked
-    assert _libgomp_wait_policy(settings, printed) == "ACTIVE"
+    policy, spins = _libgomp_waiting(settings, printed)
+    assert policy == "ACTIVE" and spins > 10**9
 
 
 def test_omp_num_threads_alone_leaves_blas_to_the_user():
