@@ -104,32 +104,34 @@ def run_case(section: str, index: int, case, repeat: int, rounds: int, smoke: bo
     workers, described = {}, {}
     ok = True
     with tempfile.TemporaryDirectory(prefix="minidcn-bench-") as scratch:
-        outputs = {}
-        for number, (label, (implementation, variables)) in enumerate(rows.items()):
-            outputs[label] = Path(scratch) / f"{number}.npz"
-            worker = Worker(section, index, implementation, outputs[label], smoke, variables)
-            try:
-                answer = worker.receive()
-            except WorkerFailed as error:
-                status[label], ok = f"failed ({error})", False
-                continue
-            if "error" in answer:
-                status[label] = ("unavailable" if answer["missing"] else "failed") + f" ({answer['error']})"
-                ok &= answer["missing"]
-                worker.close()
+        try:
+            outputs = {}
+            for number, (label, (implementation, variables)) in enumerate(rows.items()):
+                outputs[label] = Path(scratch) / f"{number}.npz"
+                worker = Worker(section, index, implementation, outputs[label], smoke, variables)
+                try:
+                    answer = worker.receive()
+                except WorkerFailed as error:
+                    status[label], ok = f"failed ({error})", False
+                    continue
+                if "error" in answer:
+                    status[label] = ("unavailable" if answer["missing"] else "failed") + f" ({answer['error']})"
+                    ok &= answer["missing"]
+                    worker.close()
+                else:
+                    workers[label], described[label] = worker, answer["ready"]
+            agreement, agree = _agreement({label: np.load(outputs[label]) for label in workers
+                                           if rows[label][0] not in case.unchecked}, case)
+            times = {label: {"forward": [], "forward_backward": []} for label in workers}
+            if not agree:
+                for label in workers:
+                    status[label] = "not timed: the implementations disagree"
+                ok = False
             else:
-                workers[label], described[label] = worker, answer["ready"]
-        agreement, agree = _agreement({label: np.load(outputs[label]) for label in workers
-                                       if rows[label][0] not in case.unchecked}, case)
-        times = {label: {"forward": [], "forward_backward": []} for label in workers}
-        if not agree:
-            for label in workers:
-                status[label] = "not timed: the implementations disagree"
-            ok = False
-        else:
-            _alternate(workers, times, status, repeat, rounds)
-        for worker in workers.values():
-            worker.close()
+                _alternate(workers, times, status, repeat, rounds)
+        finally:  # also on an error or Ctrl-C: no worker outlives the runner
+            for worker in workers.values():
+                worker.close()
     print(f"  {rounds} rounds x {repeat} calls, implementations taking turns, one process each")
     _table(case, list(rows), times, status)
     for label, text in described.items():
