@@ -103,3 +103,18 @@ def test_implementations_that_disagree_are_reported(tmp_path):
     assert "  b vs a: output DISAGREES (rtol 0.001, atol 0.001)" in lines
     assert "  b vs a: largest |difference| 0.5 (output)" in lines
     assert "  c vs a: largest |difference| 1e-05 (output)" in lines
+
+
+def test_the_table_shows_why_a_row_has_no_times(capsys):
+    case = Case("t", {"minidcn numba": None, "torch": None}, peer="torch",
+                skipped={"minidcn reference": "left out: too slow"})
+    times = {"minidcn numba": {"forward": [], "forward_backward": []},
+             "torch": {"forward": [], "forward_backward": []}}
+    status = {"minidcn numba": "not timed: the implementations disagree",
+              "torch": "not timed: the implementations disagree", "minidcn reference": "left out: too slow"}
+    runner._table(case, ["minidcn numba", "torch"], times, status)
+    rows = [line.split("  ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [[part.strip() for part in row if part.strip()] for row in rows] == [
+        ["minidcn numba", "not timed: the implementations disagree"],
+        ["torch", "not timed: the implementations disagree"],
+        ["minidcn reference", "left out: too slow"]]

@@ -208,7 +208,7 @@ def _table(case, labels, times, status) -> None:
     print(f"  {'implementation':{width}}{'min':>9}{'median':>10}{'min':>9}{'median':>10}"
           + (f"{'fwd':>10}{'fwd+bwd':>10}" if case.peer else ""))
     for label in labels:
-        if label not in times:
+        if not times.get(label, {}).get("forward"):  # skipped, unavailable, failed or not timed
             print(f"  {label:{width}}{status.get(label, '-')}")
             continue
         fwd, full = min_median(times[label]["forward"]), min_median(times[label]["forward_backward"])

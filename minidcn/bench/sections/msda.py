@@ -17,14 +17,14 @@ from ..common import Case, off_the_grid, op_implementations, require, rng_array
 
 ORDER = 7
 FULL = dict(batch=4, shapes=((32, 32), (16, 16), (8, 8), (4, 4)), heads=8, depth=32, points=4)
-SMOKE = dict(batch=1, shapes=((4, 5), (2, 3)), heads=2, depth=3, points=2)
+SMOKE = dict(batch=1, shapes=((4, 5), (2, 3)), heads=2, depth=3, points=3)
 
 
 def arrays(batch, shapes, heads, depth, points) -> dict:
     """value, sampling_locations (normalised, off the pixel grid of their level), attention
     weights (each query's and head's summing to 1), grad_y."""
     keys, levels = sum(h * w for h, w in shapes), len(shapes)
-    size = np.array(shapes, np.float64)[:, ::-1]  # (W_l, H_l) per level, as x and y
+    size = np.array(shapes, np.float64)[:, None, ::-1]  # (L, 1, 2): (W_l, H_l), as x and y
     pixels = off_the_grid((batch, keys, heads, levels, points, 2), 1, spread=1.0)
     centres = np.random.default_rng(2).uniform(0, 1, (batch, keys, heads, levels, 1, 2)) * size
     locations = (np.floor(centres) + pixels + 0.5) / size  # x = u W - 0.5 lands on pixels
