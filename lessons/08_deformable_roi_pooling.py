@@ -47,9 +47,10 @@ started_wall, started_cpu = time.perf_counter(), time.process_time()
 #
 # `nn.DeformRoIPool(output_size, spatial_scale, sampling_ratio, gamma, in_channels)` is the
 # paper's module: RoIAlign-pool the features, flatten, an fc head (here one hidden layer of
-# 256) predicts Δp̂, then `deform_roi_pool` pools again with the bins moved. After each call it
-# keeps `last_offset` (the Δp̂ it used) and `last_bin_positions` (K, k, k, 4), every moved bin
-# as a box in image coordinates. Those boxes are what every figure below draws.
+# 256) predicts Δp̂, then `deform_roi_pool` pools again with the bins moved. A call made inside
+# `with nn.recording_sampling(pool):` keeps `last_offset` (the Δp̂ it used) and
+# `last_bin_positions` (K, k, k, 4), every moved bin as a box in image coordinates (training
+# calls skip these copies). Those boxes are what every figure below draws.
 #
 # The scenes come from `minidcn.data.scenes`: one digit of 18 to 34 pixels, anywhere on a
 # 48×48 textured background, with its ink mask and its tight box.
@@ -79,7 +80,7 @@ def rois_for(boxes):
 
 probe = Tensor(np.random.default_rng(0).random((4, 3, IMAGE, IMAGE)).astype(np.float32))
 probe_rois = rois_for(test.boxes[:4])
-with minidcn.no_grad():
+with minidcn.no_grad(), nn.recording_sampling(pool):
     deformable = pool(probe, probe_rois).numpy()
     aligned = F.roi_align(probe, probe_rois, K_BINS, 1.0, SAMPLING, aligned=True).numpy()
 check(np.array_equal(deformable, aligned) and not pool.last_offset.any(),
@@ -195,7 +196,7 @@ def coverage(bins, true_boxes, masks):
 def run_pool(model, features, proposals):
     """The model on every RoI, in chunks; returns (pooled, bins (N, k, k, 4), offsets)."""
     pooled, bins, offsets = [], [], []
-    with minidcn.no_grad():
+    with minidcn.no_grad(), nn.recording_sampling(model):
         for start in range(0, len(proposals), 100):
             rows = slice(start, start + 100)
             pooled.append(model(Tensor(features[rows]), rois_for(proposals[rows])).numpy())

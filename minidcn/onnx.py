@@ -11,7 +11,8 @@ example input a graph input and the model's output the graph output.
 
 The shapes are those of the example inputs (the graph is exported for them); the values
 of everything that is not an input are baked in.  An op with no ONNX equivalent
-(``deform_roi_pool``, ``deform_ps_roi_pool``, ``bilinear_sample``, indexing) raises
+(``deform_roi_pool``, ``deform_ps_roi_pool``, ``bilinear_sample``, ``dcnv3``, ``dcnv4``,
+``multi_scale_deform_attn``, indexing) raises
 NotImplementedError naming it; nothing is written then.
 
 The ONNX operators used and how each minidcn op maps (opset 19):
@@ -23,7 +24,8 @@ conv2d                             Conv
 deform_conv2d (mask or not)        DeformConv (torchvision's offset and mask layouts)
 matmul / linear                    MatMul (+ Add for the bias; the weight's .T is Transpose)
 relu, sigmoid, tanh                Relu, Sigmoid, Tanh
-log_softmax                        LogSoftmax
+gelu                               Mul, Erf, Add, Mul (the exact form: ½ x (1 + erf(x/√2)))
+softmax, log_softmax               Softmax, LogSoftmax
 max_pool2d, avg_pool2d             MaxPool, AveragePool (count_include_pad carried over)
 group_norm (and layer/instance)    Reshape to (N, G, -1), ReduceMean, Sub, Mul, Add, Sqrt,
                                    Div, Reshape back, then per-channel Mul and Add (exact;
@@ -58,6 +60,11 @@ REFUSED_OPS = {
                       "in its coordinates)",
     "GetItem": "indexing (getitem) is not mapped",
     "ToDevice": "a move between devices has no ONNX meaning; run the model on one device",
+    "DCNv3Core": "DCNv3's core (dcnv3) has no ONNX operator (DeformConv has a weight and "
+                 "no softmax-normalised groups)",
+    "DCNv4Core": "DCNv4's core (dcnv4) has no ONNX operator",
+    "MultiScaleDeformAttn": "multi-scale deformable attention (multi_scale_deform_attn) has no "
+                            "ONNX operator",
 }
 
 
@@ -135,6 +142,19 @@ def _cast(g, node, a):
 
 def _log_softmax(g, node, a):
     return g.node("LogSoftmax", [a], axis=int(node.params["axis"]))
+
+
+def _softmax(g, node, a):
+    return g.node("Softmax", [a], axis=int(node.params["axis"]))
+
+
+def _gelu(g, node, a):
+    """½ x (1 + erf(x / √2)) with Erf (opset 19 has no Gelu; opset 20 added it)."""
+    dtype = node.inputs[0].dtype
+    erf = g.node("Erf", [g.node("Mul", [a, g.constant(np.array(np.sqrt(0.5), dtype), "c")])])
+    one_plus = g.node("Add", [erf, g.constant(np.array(1.0, dtype), "one")])
+    return g.node("Mul", [g.node("Mul", [a, g.constant(np.array(0.5, dtype), "half")]),
+                          one_plus])
 
 
 def _max_pool(g, node, x):
@@ -237,7 +257,7 @@ def _roi_pool(g, node, x):
 CONVERTERS = {
     "Conv2d": _conv, "DeformConv2d": _deform_conv, "MatMul": _binary("MatMul"),
     "ReLU": _unary("Relu"), "Sigmoid": _unary("Sigmoid"), "Tanh": _unary("Tanh"),
-    "LogSoftmax": _log_softmax, "MaxPool2d": _max_pool, "AvgPool2d": _avg_pool,
+    "LogSoftmax": _log_softmax, "Softmax": _softmax, "GELU": _gelu, "MaxPool2d": _max_pool, "AvgPool2d": _avg_pool,
     "GroupNorm": _group_norm, "BatchNorm": _batch_norm,
     "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"),
     "Div": _binary("Div"), "Pow": _binary("Pow"), "Neg": _unary("Neg"),

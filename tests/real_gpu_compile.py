@@ -117,6 +117,8 @@ def _workload(dtype) -> None:
     grad_of((a[1:, ::2].exp() / (a[1:, :2].sigmoid() + 1)).relu().sum(1) ** 2)
     grad_of(a[[0, 0, 2]] @ t(4))
     grad_of(F.log_softmax(a, 1).mean(0))
+    grad_of(F.softmax(a, 1).mean(0))
+    grad_of(F.gelu(a))
     d = a.data  # CudaArray's NumPy surface beyond what the ops use
     np.where(d > 0, d, 2 * d)
 

@@ -5,7 +5,7 @@
 * Agreement: the numba and cuda kernels equal the reference to 1e-10 in float64, forward and
   every gradient; numba is bitwise the same for one or two threads.
 * Properties tying the family together: zero offsets and a unit mask give a depthwise box
-  filter; dcnv3 is deform_conv2d with depthwise identity weights once the offset layout is
+  filter; dcnv3 is deform_conv2d with depthwise all-ones weights once the offset layout is
   converted; offset_scale scales the kernel grid and the offsets about the kernel centre;
   remove_center is the full kernel with the centre's mask at 0; dcnv4 is dcnv3 on the
   unpacked (and, with softmax=True, softmax-normalised) modulation; DCNv4's padding channels
@@ -260,8 +260,9 @@ def test_zero_offsets_and_unit_mask_give_a_depthwise_box_filter(backend_name, ge
 
 
 def as_deform_conv2d(case):
-    """deform_conv2d's (input, offset, weight, mask) computing the case's dcnv3 (channels-first,
-    (dy, dx) pairs, row-major kernel points, offset groups = group, identity weight)."""
+    """deform_conv2d's (input, offset, weight, mask) computing the case's dcnv3: channels-first,
+    (dy, dx) pairs, row-major kernel points, offset groups = group, and a depthwise all-ones
+    weight (C, 1, kh, kw) (groups = C: each output channel sums its own input channel)."""
     kh, kw = case["kwargs"]["kernel_size"]
     group = case["kwargs"]["group"]
     n, out_h, out_w, _ = case["offset"].shape
@@ -269,9 +270,7 @@ def as_deform_conv2d(case):
     row_major = np.argsort(j * kw + i)  # dcnv3's point at each row-major position
     offset = case["offset"].reshape(n, out_h, out_w, group, kh * kw, 2)[:, :, :, :, row_major, ::-1]
     mask = case["mask"].reshape(n, out_h, out_w, group, kh * kw)[..., row_major]
-    channels = case["x"].shape[3]
-    weight = np.zeros((channels, channels, kh, kw))
-    weight[np.arange(channels), np.arange(channels)] = 1.0  # weight[o, c] = 1 if o == c
+    weight = np.ones((case["x"].shape[3], 1, kh, kw))
     return (case["x"].transpose(0, 3, 1, 2), offset.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2),
             weight, mask.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2))
 
@@ -283,10 +282,10 @@ def deform_conv2d_of(kwargs):
 
 
 @pytest.mark.parametrize("geometry", ["3x3", "stride-dilation-nonsquare"])
-def test_dcnv3_is_deform_conv2d_with_depthwise_identity_weights(geometry):
+def test_dcnv3_is_deform_conv2d_with_depthwise_all_ones_weights(backend_name, geometry):
     case = dcn_case(**GEOMETRIES[geometry], seed=8)
-    out, _ = run("numba", dcnv3_of(case["kwargs"]), case["x"], case["offset"], case["mask"])
-    out_dc, _ = run("numba", deform_conv2d_of(case["kwargs"]), *as_deform_conv2d(case))
+    out, _ = run(backend_name, dcnv3_of(case["kwargs"]), case["x"], case["offset"], case["mask"])
+    out_dc, _ = run(backend_name, deform_conv2d_of(case["kwargs"]), *as_deform_conv2d(case))
     np.testing.assert_allclose(out.transpose(0, 3, 1, 2), out_dc, rtol=0, atol=1e-12)
 
 

@@ -6,6 +6,8 @@ installed, is the cross-check for every number torch also computes.  cuda runs i
 simulator, where every thread is a Python thread: its shapes are tiny.
 """
 
+import os
+
 import numpy as np
 import numba
 import pytest
@@ -648,3 +650,36 @@ def test_batch_norm2d_refuses_a_restored_state_it_cannot_use(tmp_path, name, val
         bn.load_state_dict(path)
     assert str(info.value) == "load_state_dict: " + message.format(file=repr(str(path)))
     assert bn.num_batches_tracked == 0 and np.all(bn.running_var == 1)  # nothing loaded
+
+
+NORM_IMPORTED_UNDER_A_SMALL_GRID = """
+import numpy as np
+from minidcn import Tensor, functional as F
+from minidcn.device import launch
+launch.THREADS_PER_BLOCK = 4           # as test_cuda_array's small_grid fixture does
+from minidcn.backends.cuda import norm  # noqa: F401  first imported (and compiled) under it
+x = Tensor(np.arange(2 * 4 * 3 * 3, dtype=np.float64).reshape(2, 4, 3, 3))
+small = F.group_norm(x.to("cuda"), 2).to("cpu").numpy()
+launch.THREADS_PER_BLOCK = 128          # the fixture undone: full blocks again
+full = F.group_norm(x.to("cuda"), 2).to("cpu").numpy()
+np.testing.assert_allclose(small, full, rtol=0, atol=1e-12)
+np.testing.assert_allclose(full, F.group_norm(x, 2).numpy(), rtol=0, atol=1e-12)
+print("ok")
+"""
+
+
+@pytest.mark.cuda
+def test_cuda_norm_does_not_keep_the_block_size_it_was_imported_with():
+    """The block-sum kernels' shared array has a fixed size, so the norm module may first be
+    imported while a test has shrunk the launch grid (the test order decides) and still run
+    full blocks afterwards (it raised IndexError in the simulator)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(minidcn.__file__).resolve().parent.parent
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", NORM_IMPORTED_UNDER_A_SMALL_GRID], env=env,
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -199,6 +199,41 @@ def test_an_op_with_no_onnx_equivalent_is_refused_by_name(tmp_path):
     assert not path.exists()
 
 
+def test_gelu_softmax_and_channels_last_layer_norm_run_in_onnx_runtime(tmp_path):
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.LayerNorm(5, channels_last=True), nn.GELU(), nn.Linear(5, 5),
+                          nn.Softmax(-1))
+    model[0].weight.data[...] = rng.normal(1.0, 0.3, 5)
+    model[0].bias.data[...] = rng.normal(0.0, 0.3, 5)
+    x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    path = tmp_path / "gelu_softmax.onnx"
+    diff = onnx_vs_minidcn(model, (x,), path)
+    assert diff <= TOLERANCE
+    exported = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Erf", "Softmax", "ReduceMean"} <= exported
+
+
+def test_the_modern_deformable_ops_are_refused_by_name(tmp_path):
+    """dcnv3, dcnv4 and multi_scale_deform_attn have no ONNX operator: NotImplementedError
+    naming the op, and nothing written."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / "modern.onnx"
+    x = rng.normal(size=(1, 3, 3, 4)).astype(np.float32)
+    for model, op in ((nn.DCNv3(4, group=2), "DCNv3Core"), (nn.DCNv4(4, group=2), "DCNv4Core")):
+        with pytest.raises(NotImplementedError, match=f"op {op} has no ONNX equivalent"):
+            monnx.export(model, (x,), path)
+        assert not path.exists()
+    attention = nn.MultiScaleDeformableAttention(4, num_heads=2, num_levels=1, num_points=2)
+    query = rng.normal(size=(1, 3, 4)).astype(np.float32)
+    reference = rng.uniform(0, 1, size=(1, 3, 2)).astype(np.float32)
+    value = rng.normal(size=(1, 6, 4)).astype(np.float32)
+    with pytest.raises(NotImplementedError,
+                       match="op MultiScaleDeformAttn has no ONNX equivalent"):
+        monnx.export(lambda q, r, v: attention(q, r, v, [(2, 3)]), (query, reference, value),
+                     path)
+    assert not path.exists()
+
+
 def test_export_refuses_untraceable_calls(tmp_path):
     x = np.zeros((1, 1, 4, 4), np.float32)
     conv = nn.Conv2d(1, 1, 3)

@@ -78,6 +78,9 @@ CASES = {
     "tanh": (F.tanh, [uniform(46, (2, 3))]),
     "log_softmax dim 1": (lambda a: F.log_softmax(a, 1), [uniform(47, (2, 3))]),
     "log_softmax dim 0": (lambda a: F.log_softmax(a, 0), [uniform(48, (3, 2))]),
+    "softmax dim 1": (lambda a: F.softmax(a, 1), [uniform(57, (2, 3))]),
+    "softmax dim 0": (lambda a: F.softmax(a, 0), [uniform(58, (3, 2))]),
+    "linear channels_last": (F.linear, [uniform(59, (1, 2, 2, 3)), uniform(60, (2, 3)), uniform(61, (2,))]),
     "cross_entropy mean": (lambda a: F.cross_entropy(a, [2, 0]), [uniform(49, (2, 3))]),
     "cross_entropy spatial sum": (
         lambda a: F.cross_entropy(a, np.array([[1, 0], [0, 1]]), reduction="sum"),

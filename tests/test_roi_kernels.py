@@ -32,9 +32,9 @@ for dtype in (np.float64, np.float32):
     gps = rng.standard_normal((40, 20, 2, 2)).astype(dtype)
     _, argmax = k.roi_pool_forward(xs, rs, (2, 2), 0.8)
     outs = [k.roi_pool_backward(g, argmax, rs, xs.shape),
-            k.roi_align_backward(g, rs, xs.shape, (2, 2), 0.8, 0, False),
-            *k.deform_roi_pool_backward(g, xs, rs, os_, ms, (2, 2), 0.8, 2, 0.3),
-            *k.deform_ps_roi_pool_backward(gps, xs, rs, os_, (2, 2), 0.8, 0, 0.3)]
+            k.sampled_roi_backward(g, None, rs, None, None, xs.shape, 0.8, 0, 0.0, False, False)[0],
+            *k.sampled_roi_backward(g, xs, rs, os_, ms, xs.shape, 0.8, 2, 0.3, True, False),
+            *k.sampled_roi_backward(gps, xs, rs, os_, None, xs.shape, 0.8, 0, 0.3, True, True)[:2]]
     for o in outs:
         digest.update(np.ascontiguousarray(o).tobytes())
 print(digest.hexdigest())
@@ -79,15 +79,18 @@ def test_host_kernels_take_non_contiguous_arrays(kernels):
     g = rng.standard_normal((5, 3, 2, 3))
     x_ps, g_ps = rng.standard_normal((2, 12, 6, 7)), rng.standard_normal((5, 2, 2, 3))
 
+    sample, sample_grad = kernels.sampled_roi_forward, kernels.sampled_roi_backward
+
     def everything(x, rois, offset, mask, g, x_ps, g_ps):
         y, argmax = kernels.roi_pool_forward(x, rois, (2, 3), 0.9)
         return [y, argmax, kernels.roi_pool_backward(g, argmax, rois, x.shape),
-                kernels.roi_align_forward(x, rois, (2, 3), 0.9, 2, True),
-                kernels.roi_align_backward(g, rois, x.shape, (2, 3), 0.9, 2, True),
-                kernels.deform_roi_pool_forward(x, rois, offset, mask, (2, 3), 0.9, 0, 0.2),
-                *kernels.deform_roi_pool_backward(g, x, rois, offset, mask, (2, 3), 0.9, 0, 0.2),
-                kernels.deform_ps_roi_pool_forward(x_ps, rois, offset, (2, 3), 0.9, 2, 0.2),
-                *kernels.deform_ps_roi_pool_backward(g_ps, x_ps, rois, offset, (2, 3), 0.9, 2, 0.2)]
+                sample(x, rois, None, None, (2, 3), 0.9, 2, 0.0, True, False),
+                sample_grad(g, None, rois, None, None, x.shape, 0.9, 2, 0.0, True, False)[0],
+                sample(x, rois, offset, mask, (2, 3), 0.9, 0, 0.2, True, False),
+                *sample_grad(g, x, rois, offset, mask, x.shape, 0.9, 0, 0.2, True, False),
+                sample(x_ps, rois, offset, None, (2, 3), 0.9, 2, 0.2, True, True),
+                *sample_grad(g_ps, x_ps, rois, offset, None, x_ps.shape, 0.9, 2, 0.2, True,
+                             True)[:2]]
 
     arrays = (x, rois, offset, mask, g, x_ps, g_ps)
     odd = _odd_layouts(*arrays)

@@ -31,6 +31,7 @@ def test_roi_align_and_roi_pool_modules_are_the_functions():
 def test_deform_roi_pool_starts_as_roi_align(modulated):
     x, rois = _data()
     layer = nn.DeformRoIPool(3, 0.5, 2, 0.1, 3, modulated, generator=np.random.default_rng(1))
+    layer.record_sampling = True
     got = layer(Tensor(x), rois).numpy()
     want = F.roi_align(Tensor(x), rois, 3, 0.5, 2, aligned=True).numpy()
     np.testing.assert_array_equal(got, want * (0.5 if modulated else 1.0))
@@ -46,6 +47,7 @@ def test_deform_roi_pool_starts_as_roi_align(modulated):
 def test_bin_positions_follow_the_predicted_offsets():
     x, rois = _data(np.float64)
     layer = nn.DeformRoIPool((2, 2), 0.5, 2, 0.2, 3, hidden=(), dtype=np.float64)
+    layer.record_sampling = True
     head = layer.offset_fc[0]
     head.bias.data = np.array([0.5, -1.0, 0.0, 0.25, 1.0, 0.0, -0.5, 0.75])  # x then y, per bin
     layer(Tensor(x), rois)
@@ -127,3 +129,24 @@ def test_wrong_input_channels():
     x, rois = _data()
     with pytest.raises(ValueError, match=r"input must have shape \(B, 4, H, W\)"):
         layer(Tensor(x), rois)
+
+
+def test_deform_roi_pool_records_only_when_asked():
+    """Training pays for no host copies: a forward without recording keeps nothing, and
+    reading then says how to turn recording on; nn.recording_sampling turns it on for a
+    block and restores the flag."""
+    x, rois = _data()
+    layer = nn.DeformRoIPool(2, 0.5, 2, 0.1, 3, modulated=True, hidden=(4,))
+    layer(Tensor(x), rois)
+    for name in ("last_offset", "last_mask", "last_bin_positions"):
+        with pytest.raises(RuntimeError, match=f"DeformRoIPool: {name} is kept only by a forward"):
+            getattr(layer, name)
+    model = nn.Sequential(nn.ReLU())
+    model.pool = layer
+    with nn.recording_sampling(model):
+        layer(Tensor(x), rois)
+    assert not layer.record_sampling
+    assert layer.last_offset.shape == (len(rois), 2, 2, 2) and layer.last_mask.shape == (len(rois), 1, 2, 2)
+    layer(Tensor(x), rois)  # recording off again: the old recording is forgotten, not shown stale
+    with pytest.raises(RuntimeError, match="record_sampling = True"):
+        layer.last_bin_positions

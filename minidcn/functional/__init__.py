@@ -4,7 +4,7 @@ Each op validates its arguments, picks the kernels for the tensors' device and t
 backend, and records one :class:`~minidcn.function.Function` in the graph.
 """
 
-from .activation import log_softmax, relu, sigmoid, tanh
+from .activation import gelu, log_softmax, relu, sigmoid, softmax, tanh
 from .arith import add, cast, div, exp, log, mul, neg, pow, sub
 from .linalg import linear, matmul
 from .loss import cross_entropy

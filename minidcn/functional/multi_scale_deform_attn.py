@@ -18,7 +18,8 @@ Choices beyond mmcv, all in what is accepted:
   has nothing to sample, and its points would read nothing, so it is refused as the
   mistake it most likely is (torch's grid_sample refuses an empty map too).  Each H_l and
   W_l is at most 2**31 - 1 and Σ_l H_l W_l must equal value's S axis exactly;
-* level_start_index, which mmcv takes as an argument, is computed from spatial_shapes;
+* level_start_index, which mmcv's compiled function takes besides spatial_shapes, is
+  computed from spatial_shapes (as its pure-PyTorch version does);
 * the batch N may be 0 (an empty output and empty gradients); no other axis may be empty.
 """
 
@@ -110,7 +111,7 @@ def _spatial_shapes(fn: str, spatial_shapes, total_rows: int) -> np.ndarray:
 
 def multi_scale_deform_attn(value, spatial_shapes, sampling_locations, attention_weights) -> Tensor:
     """Deformable DETR's multi-scale deformable attention (mmcv's
-    ``multi_scale_deformable_attn_pytorch``, without its level_start_index argument).
+    ``multi_scale_deformable_attn_pytorch``: the same four arguments, in the same order).
 
         out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](y, x),
         x = u W_l - 0.5,  y = v H_l - 0.5,

@@ -8,7 +8,9 @@ with μ_S the mean and σ²_S the biased variance (divide by |S|) of S.
 
 * group_norm: S = one image's channels of one group, (n, g) -> C/G channels × H × W.
   Nothing is shared between images, so the result does not depend on the batch size.
-* layer_norm: group_norm with one group (S = the whole image, C × H × W).
+* layer_norm: group_norm with one group (S = the whole image, C × H × W); with
+  ``channels_last=True``, S = one position's C values of a (*, C) input (torch's
+  ``nn.LayerNorm(C)``), a group norm of the (positions, C) matrix.
 * instance_norm: group_norm with one group per channel (S = one H × W plane).
 * batch_norm: S = one channel across the whole batch (N × H × W): in training the
   statistics come from the batch, so each image's output depends on the other images.
@@ -30,6 +32,7 @@ from ..backends import kernels
 from ..function import Function
 from ..tensor import Tensor, _is_device_array
 from ._validate import as_tensor, check_float, check_int, check_same_device, check_same_dtype
+from .shape import reshape
 
 __all__ = ["group_norm", "batch_norm", "layer_norm", "instance_norm"]
 
@@ -230,21 +233,51 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
     return _group_norm("group_norm", input, num_groups, weight, bias, eps)
 
 
-def layer_norm(input, weight=None, bias=None, eps=1e-5) -> Tensor:
-    """Layer normalisation of an (N, C, *) input over all of (C, *): group_norm with G = 1.
+def layer_norm(input, weight=None, bias=None, eps=1e-5, *, channels_last=False) -> Tensor:
+    """Layer normalisation, in one of two layouts.
 
-    It is literally ``group_norm(input, 1, weight, bias, eps)``: a single group holding the
-    whole image, so each image is normalised by the mean and variance of all its values.
-    ``weight`` and ``bias`` are per channel, (C,), as in ``nn.GroupNorm(1, C)``.
+    ``channels_last=False`` (the default): an (N, C, *) input normalised over all of
+    (C, *), i.e. literally ``group_norm(input, 1, weight, bias, eps)``: a single group
+    holding the whole image, each image normalised by the mean and variance of all its
+    values, ``weight`` and ``bias`` per channel, (C,), as in ``nn.GroupNorm(1, C)``.
 
-    How this differs from ``torch.nn.functional.layer_norm(input, normalized_shape, weight,
-    bias, eps)``: torch normalises over the last ``len(normalized_shape)`` dimensions of any
-    shape, and its affine has one weight per *element* of ``normalized_shape`` (e.g. (C, H,
-    W)), not one per channel.  With ``normalized_shape = input.shape[1:]`` and no affine (or
-    an affine constant over H and W) the two give the same numbers.  The signature differs
-    too: there is no ``normalized_shape`` argument, so pass weight, bias and eps by name.
+    ``channels_last=True``: a (*, C) input, such as an (N, H, W, C) feature map, normalised
+    over its last axis alone: every position's C values by their own mean and biased
+    variance, then ``weight`` (C,) and ``bias`` (C,) applied per channel.  This is exactly
+    ``torch.nn.functional.layer_norm(input, (C,), weight, bias, eps)``, what
+    ``torch.nn.LayerNorm(C)`` computes and what the channels-last blocks (DCNv3, DCNv4,
+    transformers) use.  It is computed as a group norm with one group of the (M, C)
+    matrix of the M = Π* positions: ``group_norm(input.reshape(M, C), 1, ...)``, reshaped
+    back.
+
+    How the default differs from ``torch.nn.functional.layer_norm(input, normalized_shape,
+    weight, bias, eps)``: torch normalises over the last ``len(normalized_shape)``
+    dimensions of any shape, and its affine has one weight per *element* of
+    ``normalized_shape`` (e.g. (C, H, W)), not one per channel.  With ``normalized_shape =
+    input.shape[1:]`` and no affine (or an affine constant over H and W) the two give the
+    same numbers.  The signature differs too: there is no ``normalized_shape`` argument (the
+    layout flag chooses between the two normalised sets), so pass weight, bias and eps by
+    name.
     """
-    return _group_norm("layer_norm", input, 1, weight, bias, eps)
+    fn = "layer_norm"
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"{fn}: channels_last must be a bool, got "
+                        f"{type(channels_last).__name__} {channels_last!r}")
+    if not channels_last:
+        return _group_norm(fn, input, 1, weight, bias, eps)
+    x = as_tensor(fn, "input", input)
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: with channels_last=True input must be (*, C), at least 1-D, "
+                         f"got a 0-d tensor")
+    channels = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        shape = None if t is None else as_tensor(fn, name, t).shape
+        if shape is not None and shape != (channels,):
+            raise ValueError(f"{fn}: {name} must have shape (C,) = ({channels},) for "
+                             f"channels-last input of shape {x.shape}, got {shape}")
+    rows = math.prod(x.shape[:-1])
+    y = _group_norm(fn, reshape(x, (rows, channels)), 1, weight, bias, eps)
+    return reshape(y, x.shape)
 
 
 def instance_norm(input, weight=None, bias=None, eps=1e-5) -> Tensor:

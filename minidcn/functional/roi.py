@@ -10,6 +10,12 @@ rules, NaN handling, mmcv's offset gradient) are written out in the reference ke
 docstring, ``backends/reference/roi_pool.py``.  This module checks every argument before
 any kernel runs (Numba checks no bounds) and records the ops in the graph.
 
+roi_align, deform_roi_pool and deform_ps_roi_pool are one computation with switches, so
+every backend has one pair of kernels for them, ``sampled_roi_forward`` and
+``sampled_roi_backward``; each op's Function below states its switches in the call:
+roi_align has no offset, no mask, gamma = 0 and its own ``aligned``; the deformable
+poolings are always aligned (mmcv's convention) and differ in ``position_sensitive``.
+
 Differences from torchvision, all in what is accepted:
 
 * a batch index outside [0, B) or not an integer raises ValueError (torchvision reads
@@ -58,11 +64,16 @@ class RoIAlign(Function):
     def forward(ctx, x, rois, ops, output_size, spatial_scale, sampling_ratio, aligned):
         ctx.ops, ctx.rois, ctx.input_shape = ops, rois.copy(), x.shape
         ctx.params = (output_size, spatial_scale, sampling_ratio, aligned)
-        return ops.roi_align_forward(x, rois, *ctx.params)
+        return ops.sampled_roi_forward(x, rois, None, None, output_size, spatial_scale,
+                                       sampling_ratio, 0.0, aligned, False)
 
     @staticmethod
     def backward(ctx, grad_y):
-        return ctx.ops.roi_align_backward(grad_y, ctx.rois, ctx.input_shape, *ctx.params)
+        _, spatial_scale, sampling_ratio, aligned = ctx.params
+        grad_x, _, _ = ctx.ops.sampled_roi_backward(grad_y, None, ctx.rois, None, None,
+                                                    ctx.input_shape, spatial_scale,
+                                                    sampling_ratio, 0.0, aligned, False)
+        return grad_x
 
 
 class DeformRoIPool(Function):
@@ -75,12 +86,15 @@ class DeformRoIPool(Function):
         ctx.ops, ctx.rois = ops, rois.copy()
         ctx.params = (output_size, spatial_scale, sampling_ratio, gamma)
         ctx.save_for_backward(x, offset, mask)
-        return ops.deform_roi_pool_forward(x, rois, offset, mask, *ctx.params)
+        return ops.sampled_roi_forward(x, rois, offset, mask, *ctx.params, True, False)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, offset, mask = ctx.saved
-        return ctx.ops.deform_roi_pool_backward(grad_y, x, ctx.rois, offset, mask, *ctx.params)
+        _, *scalars = ctx.params
+        grad_x, grad_offset, grad_mask = ctx.ops.sampled_roi_backward(
+            grad_y, x, ctx.rois, offset, mask, x.shape, *scalars, True, False)
+        return grad_x, grad_offset, grad_mask if mask is not None else None
 
 
 class DeformPSRoIPool(Function):
@@ -92,12 +106,15 @@ class DeformPSRoIPool(Function):
         ctx.ops, ctx.rois = ops, rois.copy()
         ctx.params = (output_size, spatial_scale, sampling_ratio, gamma)
         ctx.save_for_backward(x, offset)
-        return ops.deform_ps_roi_pool_forward(x, rois, offset, *ctx.params)
+        return ops.sampled_roi_forward(x, rois, offset, None, *ctx.params, True, True)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, offset = ctx.saved
-        return ctx.ops.deform_ps_roi_pool_backward(grad_y, x, ctx.rois, offset, *ctx.params)
+        _, *scalars = ctx.params
+        grad_x, grad_offset, _ = ctx.ops.sampled_roi_backward(
+            grad_y, x, ctx.rois, offset, None, x.shape, *scalars, True, True)
+        return grad_x, grad_offset
 
 
 # ---------------------------------------------------------------------------- validation

@@ -17,13 +17,11 @@ into a real parameter group of the optimiser.
 
 For plots, a layer can keep what its last forward sampled (host copies, opt-in so that
 training pays nothing for them): set ``layer.record_sampling = True``, or run the forwards
-inside ``with recording_sampling(model):``; then ``layer.last_sampling_locations`` and
-``layer.last_mask`` hold the last forward's positions and mask.
+inside ``with recording_sampling(model):`` (``nn/recording.py``); then
+``layer.last_sampling_locations`` and ``layer.last_mask`` hold the last forward's positions and mask.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -33,12 +31,12 @@ from ..functional.deform_conv import checked_deform_conv2d
 from ..tensor import FLOAT_DTYPES
 from .conv import Conv2d
 from .init import generator as pick_generator
-from .module import Module
+from .recording import RecordsSampling
 
-__all__ = ["DeformConv2d", "recording_sampling"]
+__all__ = ["DeformConv2d"]
 
 
-class DeformConv2d(Conv2d):
+class DeformConv2d(Conv2d, RecordsSampling):
     """Deformable convolution v1 / v2 with its own offset (and mask) predictor.
 
     A Conv2d whose sampling grid moves: ``weight``, ``bias`` and the geometry are Conv2d's
@@ -83,7 +81,6 @@ class DeformConv2d(Conv2d):
         self.offset_conv = self._zero_predictor(2 * kernel_points, rng, dtype)
         self.mask_conv = self._zero_predictor(kernel_points, rng, dtype) if modulated else None
         self.record_sampling = False
-        self._recorded = None  # (locations, mask) of the last forward, when recording
 
     def _zero_predictor(self, channels, rng, dtype) -> Conv2d:
         """A Conv2d with the layer's geometry, all weights 0, learning rate × offset_lr_mult."""
@@ -111,7 +108,7 @@ class DeformConv2d(Conv2d):
             mask = sigmoid(self.mask_conv(x))
         y = checked_deform_conv2d("DeformConv2d", x, offset, self.weight, self.bias, self.stride,
                                   self.padding, self.dilation, mask, self.offset_groups)
-        self._recorded = self._record(offset, mask) if self.record_sampling else None
+        self._keep(lambda: self._record(offset, mask))
         return y
 
     def _record(self, offset, mask):
@@ -121,52 +118,20 @@ class DeformConv2d(Conv2d):
         if mask is not None:
             mask = as_tensor("DeformConv2d", "mask", mask).detach().to("cpu").numpy().copy()
             mask = mask.reshape(locations.shape[:-1])
-        return locations, mask
-
-    def _recorded_item(self, i, name):
-        if self._recorded is None:
-            raise RuntimeError(
-                f"DeformConv2d: {name} is kept only by a forward run with recording on; set "
-                f"layer.record_sampling = True (or run the model inside "
-                f"`with minidcn.nn.recording_sampling(model):`) before calling the layer")
-        return self._recorded[i]
+        return {"last_sampling_locations": locations, "last_mask": mask}
 
     @property
     def last_sampling_locations(self):
         """(B, offset_groups, kh · kw, H_out, W_out, 2) host positions of the last forward."""
-        return self._recorded_item(0, "last_sampling_locations")
+        return self._recorded_item("last_sampling_locations")
 
     @property
     def last_mask(self):
         """(B, offset_groups, kh · kw, H_out, W_out) host mask of the last forward, or None."""
-        return self._recorded_item(1, "last_mask")
+        return self._recorded_item("last_mask")
 
     def extra_repr(self) -> str:
         extra = f", offset_groups={self.offset_groups}, modulated={self.modulated}"
         if self.offset_lr_mult != 1.0:
             extra += f", offset_lr_mult={self.offset_lr_mult}"
         return super().extra_repr() + extra
-
-
-@contextmanager
-def recording_sampling(model):
-    """Inside the block, every DeformConv2d in ``model`` (a layer or a model holding some)
-    records its sampling locations and mask at each forward; afterwards the flags are what
-    they were and the last recordings stay readable.
-
-        with recording_sampling(model):
-            model(x)
-        points = layer.last_sampling_locations
-    """
-    if not isinstance(model, Module):
-        raise TypeError(f"recording_sampling: model must be a Module (a DeformConv2d or a model "
-                        f"holding some), got {type(model).__name__}")
-    layers = [m for m in model.modules() if isinstance(m, DeformConv2d)]
-    before = [layer.record_sampling for layer in layers]
-    for layer in layers:
-        layer.record_sampling = True
-    try:
-        yield model
-    finally:
-        for layer, flag in zip(layers, before):
-            layer.record_sampling = flag

@@ -16,7 +16,7 @@ from ..functional._validate import check_elements, check_int
 from . import init
 from .module import Module, Parameter
 
-__all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "Flatten", "Sequential"]
+__all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Flatten", "Permute", "Sequential"]
 
 
 def _layer_dtype(layer: str, dtype) -> np.dtype:
@@ -75,6 +75,29 @@ class Tanh(Module):
         return F.tanh(x)
 
 
+class GELU(Module):
+    """x Φ(x) = ½ x (1 + erf(x / √2)), elementwise (torch's exact GELU)."""
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class Softmax(Module):
+    """e^x / Σ e^x along ``dim`` (required, as torch advises)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+            raise TypeError(f"Softmax: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
 class Flatten(Module):
     """Merge the axes from ``start_dim`` on into one: (B, C, H, W) -> (B, C·H·W) by default."""
 
@@ -89,6 +112,27 @@ class Flatten(Module):
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}"
+
+
+class Permute(Module):
+    """Reorder the axes, as ``torchvision.ops.Permute``: ``Permute((0, 2, 3, 1))`` turns
+    (N, C, H, W) into channels-last (N, H, W, C)."""
+
+    def __init__(self, dims):
+        super().__init__()
+        if not isinstance(dims, (tuple, list)) or any(
+                isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims):
+            raise TypeError(f"Permute: dims must be a tuple of ints, got {dims!r}")
+        if sorted(int(d) for d in dims) != list(range(len(dims))):
+            raise ValueError(f"Permute: dims must be a permutation of 0..{len(dims) - 1}, "
+                             f"got {tuple(dims)}")
+        self.dims = tuple(int(d) for d in dims)
+
+    def forward(self, x):
+        return F.permute(x, self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
 
 
 class Sequential(Module):

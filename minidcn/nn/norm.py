@@ -70,20 +70,39 @@ class GroupNorm(Module):
 
 
 class LayerNorm(GroupNorm):
-    """GroupNorm(1, num_channels): each image normalised over all of (C, *).
+    """Layer normalisation with one weight and one bias per channel, in one of two layouts.
 
-    Unlike ``torch.nn.LayerNorm(normalized_shape)``, which normalises the last dimensions
-    of any shape and learns one weight per element of ``normalized_shape`` (C·H·W of them for
-    (C, H, W)), this layer learns one weight and one bias per channel, as
-    ``torch.nn.GroupNorm(1, C)`` does.  Without affine, the numbers equal torch's
-    ``LayerNorm(x.shape[1:], elementwise_affine=False)``.
+    * ``channels_last=False`` (the default): GroupNorm(1, num_channels), each (N, C, *)
+      image normalised over all of (C, *).  Unlike ``torch.nn.LayerNorm(normalized_shape)``,
+      which normalises the last dimensions of any shape and learns one weight per element
+      of ``normalized_shape`` (C·H·W of them for (C, H, W)), this layer learns one weight
+      and one bias per channel, as ``torch.nn.GroupNorm(1, C)`` does.  Without affine, the
+      numbers equal torch's ``LayerNorm(x.shape[1:], elementwise_affine=False)``.
+    * ``channels_last=True``: a (*, C) input (e.g. (N, H, W, C)) normalised over its last
+      axis, each position on its own: exactly ``torch.nn.LayerNorm(C)`` (weight and bias
+      (C,), the same state_dict names), what DCNv3's block uses.
+
+    See ``minidcn.functional.layer_norm``.
     """
 
-    def __init__(self, num_channels, eps=1e-5, affine=True, *, dtype=np.float32):
+    def __init__(self, num_channels, eps=1e-5, affine=True, *, channels_last=False,
+                 dtype=np.float32):
         super().__init__(1, num_channels, eps, affine, dtype=dtype)
+        self.channels_last = _flag("LayerNorm", "channels_last", channels_last)
+
+    def forward(self, x):
+        if not self.channels_last:
+            return super().forward(x)
+        x = as_tensor("LayerNorm", "input", x)
+        if x.ndim < 1 or x.shape[-1] != self.num_channels:
+            raise ValueError(f"LayerNorm: expected channels-last input (*, {self.num_channels}) "
+                             f"with {self.num_channels} channels on the last axis, got shape "
+                             f"{x.shape}")
+        return F.layer_norm(x, self.weight, self.bias, self.eps, channels_last=True)
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+        layout = ", channels_last=True" if self.channels_last else ""
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}{layout}"
 
 
 class InstanceNorm2d(GroupNorm):

@@ -33,6 +33,7 @@ from ..tensor import FLOAT_DTYPES
 from .init import generator as pick_generator
 from .layers import Linear, ReLU, Sequential, Sigmoid
 from .module import Module
+from .recording import RecordsSampling
 
 __all__ = ["RoIPool", "RoIAlign", "DeformRoIPool"]
 
@@ -89,7 +90,7 @@ def _hidden_sizes(value) -> tuple:
     return tuple(int(h) for h in sizes)
 
 
-class DeformRoIPool(Module):
+class DeformRoIPool(Module, RecordsSampling):
     """Deformable RoI pooling with its own offset head (and mask head when modulated).
 
     Args:
@@ -106,8 +107,9 @@ class DeformRoIPool(Module):
         generator: a ``numpy.random.Generator`` for the initial weights.
         dtype: float32 or float64.
 
-    ``forward(input, rois)`` returns (K, C, ph, pw).  After each call (host NumPy arrays):
-    ``last_bin_positions`` (K, ph, pw, 4) holds each displaced bin as [x1, y1, x2, y2] in
+    ``forward(input, rois)`` returns (K, C, ph, pw).  With ``record_sampling = True`` (or
+    inside ``nn.recording_sampling(model)``; see ``nn/recording.py``), each call keeps host
+    NumPy copies for plots: ``last_bin_positions`` (K, ph, pw, 4) holds each displaced bin as [x1, y1, x2, y2] in
     the rois' image coordinates (bin (i, j) spans ``x1 + j w / pw + gamma offset_x w`` to
     ``+ w / pw``, with w = x2 - x1 of the RoI; likewise y), ``last_offset`` the normalised
     offsets (K, 2, ph, pw) and ``last_mask`` the mask (K, 1, ph, pw) or None.
@@ -140,9 +142,7 @@ class DeformRoIPool(Module):
         self.offset_fc = self._head(in_channels * bins, 2 * bins, rng, dtype)
         self.mask_fc = Sequential(*self._head(in_channels * bins, bins, rng, dtype),
                                   Sigmoid()) if modulated else None
-        self.last_bin_positions = None
-        self.last_offset = None
-        self.last_mask = None
+        self.record_sampling = False
 
     def _head(self, in_features, out_features, rng, dtype) -> Sequential:
         """Linear + ReLU per hidden width, then a Linear whose weight and bias are zero."""
@@ -177,23 +177,38 @@ class DeformRoIPool(Module):
         mask = reshape(self.mask_fc(features), (k, 1, ph, pw)) if self.modulated else None
         y = deform_roi_pool(x, rois, offset, self.output_size, self.spatial_scale,
                             self.sampling_ratio, self.gamma, mask)
-        self._remember(rois, offset, mask)
+        self._keep(lambda: self._record(rois, offset, mask))
         return y
 
-    def _remember(self, rois, offset, mask) -> None:
-        """Keep the last offsets, mask and bin boxes (image coordinates) for plotting."""
+    def _record(self, rois, offset, mask) -> dict:
+        """Host copies of the offsets, the mask and the bin boxes (image coordinates)."""
         def host(t):
             return np.asarray(t.detach().to("cpu").numpy(), dtype=np.float64).copy()
 
         boxes = host(as_tensor("DeformRoIPool", "rois", rois))[:, 1:]
-        self.last_offset = host(offset)
-        self.last_mask = None if mask is None else host(mask)
+        offset = host(offset)
         ph, pw = self.output_size
         x1, y1, x2, y2 = (boxes[:, n, None, None] for n in range(4))  # each (K, 1, 1)
         w, h = x2 - x1, y2 - y1
-        left = x1 + np.arange(pw)[None, None, :] * w / pw + self.gamma * self.last_offset[:, 0] * w
-        top = y1 + np.arange(ph)[None, :, None] * h / ph + self.gamma * self.last_offset[:, 1] * h
-        self.last_bin_positions = np.stack([left, top, left + w / pw, top + h / ph], axis=-1)
+        left = x1 + np.arange(pw)[None, None, :] * w / pw + self.gamma * offset[:, 0] * w
+        top = y1 + np.arange(ph)[None, :, None] * h / ph + self.gamma * offset[:, 1] * h
+        return {"last_offset": offset, "last_mask": None if mask is None else host(mask),
+                "last_bin_positions": np.stack([left, top, left + w / pw, top + h / ph], axis=-1)}
+
+    @property
+    def last_offset(self):
+        """(K, 2, ph, pw) host normalised offsets of the last forward (channel 0 = x)."""
+        return self._recorded_item("last_offset")
+
+    @property
+    def last_mask(self):
+        """(K, 1, ph, pw) host mask of the last forward, or None when not modulated."""
+        return self._recorded_item("last_mask")
+
+    @property
+    def last_bin_positions(self):
+        """(K, ph, pw, 4) host boxes [x1, y1, x2, y2] of the displaced bins (image coordinates)."""
+        return self._recorded_item("last_bin_positions")
 
     def extra_repr(self) -> str:
         return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "

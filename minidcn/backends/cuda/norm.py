@@ -15,8 +15,9 @@ group norm, a channel for batch norm).  The block's threads walk S with a block-
 each keeping a float64 partial sum, and :func:`block_sum` adds the partial sums in shared
 memory as a tree.  Every thread gets the total, so all of them can go on to the next pass
 (the variance after the mean) and then write their share of the outputs.  Blocks loop over
-the sets (block-stride), so any grid is correct; ``grid_for(sets * THREADS_PER_BLOCK)``
-gives one block per set.  The order of every sum is fixed by the thread and block layout,
+the sets (block-stride), so any grid is correct; :func:`_one_block_per` gives one block per
+set.  The shared array has ``SLOTS`` entries, fixed when the kernels compile; a block may
+have fewer threads (the tree uses blockDim slots), never more.  The order of every sum is fixed by the thread and block layout,
 so results are deterministic, and no atomics are needed: group norm's dγ and dβ are summed
 per (n, c) by the blocks and then over n by one thread per channel.
 """
@@ -27,17 +28,18 @@ import numpy as np
 from numba import cuda, float64
 
 from ...device.array import CudaArray
-from ...device.launch import THREADS_PER_BLOCK, grid_for
+from ...device import launch
+from ...device.launch import grid_for
 from ..formulas import for_gpu
 from ..formulas import norm as formulas
 
 __all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
            "batch_norm_forward", "batch_norm_backward"]
 
-inverse_std = for_gpu(formulas.inverse_std)
-running_update = for_gpu(formulas.running_update)
-add_channel_terms = for_gpu(formulas.add_channel_terms)
-gradient_means = for_gpu(formulas.gradient_means)
+SLOTS = 128  # shared-memory slots of a block sum: the most threads a block may have
+
+inverse_std, running_update, add_channel_terms, gradient_means = for_gpu(
+    formulas.inverse_std, formulas.running_update, formulas.add_channel_terms, formulas.gradient_means)
 
 
 @cuda.jit(device=True)
@@ -65,8 +67,13 @@ def block_sum(partials, value):
 
 
 def _one_block_per(sets):
-    """Launch configuration (blocks, THREADS_PER_BLOCK) giving each of ``sets`` a block."""
-    return grid_for(sets * THREADS_PER_BLOCK)
+    """Launch configuration (blocks, launch.THREADS_PER_BLOCK) giving each of ``sets`` a
+    block; the block size is read at the call and must fit the shared array."""
+    threads = launch.THREADS_PER_BLOCK
+    if not 1 <= threads <= SLOTS or threads & (threads - 1):
+        raise RuntimeError(f"cuda norm kernels need a power-of-two block of at most {SLOTS} "
+                           f"threads, got {threads}")
+    return grid_for(sets * threads)
 
 
 def _affine(weight, bias, channels, dtype):
@@ -80,7 +87,7 @@ def _affine(weight, bias, channels, dtype):
 @cuda.jit
 def _group_norm_forward_kernel(x, gamma, beta, eps, y, mean, rstd):
     """x, y: (N, G, M); per block (n, g): μ, σ² by two block sums; y = (x - μ) r γ_c + β_c."""
-    partials = cuda.shared.array(THREADS_PER_BLOCK, float64)
+    partials = cuda.shared.array(SLOTS, float64)
     batch, num_groups, size = x.shape
     per_group = gamma.shape[0] // num_groups
     length = size // per_group
@@ -112,7 +119,7 @@ def _group_norm_backward_kernel(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta
     Channel by channel, two block sums give Σdy and Σdy (x - μ): image n's share of dβ_c
     and dγ_c = r Σdy (x - μ), and, weighted by γ_c, the group sums of h and h x̂.
     """
-    partials = cuda.shared.array(THREADS_PER_BLOCK, float64)
+    partials = cuda.shared.array(SLOTS, float64)
     batch, num_groups, size = x.shape
     per_group = gamma.shape[0] // num_groups
     length = size // per_group
@@ -190,7 +197,7 @@ def group_norm_backward(grad_y, x, mean, rstd, weight, num_groups):
 @cuda.jit
 def _batch_norm_stats_kernel(x, mean, var):
     """x: (N, C, L); per block c: μ_c and the biased σ²_c over its N·L values, two passes."""
-    partials = cuda.shared.array(THREADS_PER_BLOCK, float64)
+    partials = cuda.shared.array(SLOTS, float64)
     batch, channels, length = x.shape
     size = batch * length
     t, step = cuda.threadIdx.x, cuda.blockDim.x
@@ -239,7 +246,7 @@ def _batch_norm_normalize_kernel(x, save_mean, save_rstd, gamma, beta, y):
 def _batch_norm_backward_kernel(dy, x, save_mean, save_rstd, gamma, training, dx, dgamma, dbeta):
     """Per block c: dγ = Σdy x̂, dβ = Σdy; dx = γ r (dy - mean(dy) - x̂ mean(dy x̂)) in
     training, dx = γ r dy in evaluation (the running statistics are constants)."""
-    partials = cuda.shared.array(THREADS_PER_BLOCK, float64)
+    partials = cuda.shared.array(SLOTS, float64)
     batch, channels, length = x.shape
     size = batch * length
     t, step = cuda.threadIdx.x, cuda.blockDim.x

@@ -10,8 +10,8 @@ Arrays are CudaArrays (argmax too, int64).  Every kernel is a grid-stride loop:
   into values only it writes, so no atomics.
 
 roi_align, deform_roi_pool and deform_ps_roi_pool share these kernels and one sampling
-routine (``_bin_sample``), behind ``_forward`` and ``_backward``
-(``backends/roi_entry_points.py`` sets each op's switches).  The scalar formulas (box
+routine (``_bin_sample``), behind ``sampled_roi_forward`` and ``sampled_roi_backward``
+(each op's Function in ``functional/roi.py`` sets the switches).  The scalar formulas (box
 rounding, bin geometry, sample points, bilinear corners and weights, mmcv's slopes) are
 those of ``backends/formulas/roi.py``, compiled here as device functions: the numba
 backend compiles the same source for the CPU.
@@ -24,11 +24,11 @@ from numba import cuda
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
-from .. import roi_entry_points as entry
 from ..formulas import for_gpu
 from ..formulas import roi as formulas
 
-__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
+__all__ = ["roi_pool_forward", "roi_pool_backward", "sampled_roi_forward",
+           "sampled_roi_backward"]
 
 
 _pixel_edge = for_gpu(formulas.pixel_edge)
@@ -217,8 +217,8 @@ def _stand_ins(rois, offset, mask, output_size, dtype):
     return offset, mask
 
 
-def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
-             aligned, position_sensitive):
+def sampled_roi_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                        gamma, aligned, position_sensitive):
     offset, mask = _stand_ins(rois, offset, mask, output_size, x.dtype)
     ph, pw = output_size
     c_out = x.shape[1] // (ph * pw) if position_sensitive else x.shape[1]
@@ -230,8 +230,8 @@ def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, 
     return y
 
 
-def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, sampling_ratio,
-              gamma, aligned, position_sensitive):
+def sampled_roi_backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale,
+                         sampling_ratio, gamma, aligned, position_sensitive):
     """(grad_x, grad_offset, grad_mask); the last two only when x is given."""
     offset, mask = _stand_ins(rois, offset, mask, grad_y.shape[2:], grad_y.dtype)
     scalars = (float(spatial_scale), int(sampling_ratio), float(gamma))
@@ -249,41 +249,3 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
             grad_y.dev, x.dev, rois.dev, offset.dev, mask.dev, *scalars,
             bool(position_sensitive), grad_offset.dev, grad_mask.dev)
     return grad_x, grad_offset, grad_mask
-
-
-# ---------------------------------------------------------------------------- public kernels
-# Declared here so a reader can grep them; the switches each op sets live once, in
-# backends/roi_entry_points.py, shared by the three backends.
-def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
-                                   sampling_ratio, aligned)
-
-
-def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
-                       aligned):
-    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
-                                    spatial_scale, sampling_ratio, aligned)
-
-
-def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                            gamma):
-    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
-                                         spatial_scale, sampling_ratio, gamma)
-
-
-def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma):
-    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
-                                          spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
-                               gamma):
-    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
-                                            spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma):
-    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
-                                             spatial_scale, sampling_ratio, gamma)

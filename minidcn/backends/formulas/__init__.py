@@ -23,15 +23,19 @@ from __future__ import annotations
 __all__ = ["for_cpu", "for_gpu"]
 
 
-def for_cpu(formula):
-    """``formula`` as an ``@njit`` function that numba inlines into its callers."""
+def for_cpu(*formulas):
+    """Each formula as an ``@njit`` function that numba inlines into its callers: one
+    function for one formula, a tuple in the same order for several."""
     from numba import njit
 
-    return njit(inline="always", cache=True)(formula)
+    compiled = tuple(njit(inline="always", cache=True)(f) for f in formulas)
+    return compiled[0] if len(compiled) == 1 else compiled
 
 
-def for_gpu(formula):
-    """``formula`` as a CUDA device function, inlined into the kernels that call it."""
+def for_gpu(*formulas):
+    """Each formula as a CUDA device function, inlined into the kernels that call it: one
+    function for one formula, a tuple in the same order for several."""
     from numba import cuda
 
-    return cuda.jit(device=True, inline=True)(formula)
+    compiled = tuple(cuda.jit(device=True, inline=True)(f) for f in formulas)
+    return compiled[0] if len(compiled) == 1 else compiled

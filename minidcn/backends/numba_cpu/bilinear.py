@@ -14,7 +14,8 @@ too, and the cuda backend compiles the same source for the GPU.  Everything that
 only on the point is computed once per point, outside the loop over channels.
 
 Parallel loops and races.  The forward pass gives each thread whole points (it owns
-out[b, :, p]).  The backward pass scatters into grad_x, so a thread owns a whole image b:
+out[b, :, p]).  The backward pass scatters into grad_x, so a thread owns a whole image b
+(where the cuda kernels give each point a thread and scatter with atomics):
 grad_x[b] and grad_points[b] are written by that thread alone, in a fixed order, so the
 result is bitwise the same for any number of threads.
 """
@@ -53,23 +54,44 @@ def _sample_backward(grad_out, x, points, grad_x, grad_points):
     grad_x[b, c, q_i] += w_i grad_out[b, c, p]
     S_i = Σ_c grad_out[b, c, p] x[b, c, q_i]            (the gradient reaching corner i)
     grad_points[b, p] = (Σ_i w_dy_i S_i, Σ_i w_dx_i S_i)
+
+    The corner and weights of every point of the image are computed once, in a first loop;
+    the second runs over channels outermost and points inside, so the thread reads
+    grad_out[b, c] in order and scatters into one plane grad_x[b, c] at a time while it is
+    in cache.  Each pixel still receives its terms in point order and each S_i sums its
+    channels in order: the numbers are those of a point-by-point loop, bit for bit.
     """
+    n_images, n_channels, height, width = x.shape
     n_points = points.shape[1]
-    for b in prange(points.shape[0]):
+    for b in prange(n_images):
+        inside = np.zeros(n_points, np.bool_)
+        corner = np.zeros((n_points, 2), np.int64)
+        w = np.zeros((n_points, 4))
+        sums = np.zeros((n_points, 4))
+        slopes = np.zeros((n_points, 2, 4))
         for p in range(n_points):
-            inside, y0, x0, w, w_dy, w_dx = bilinear_weights(
-                points[b, p, 0], points[b, p, 1], x.shape[2], x.shape[3])
-            s = (0.0, 0.0, 0.0, 0.0)
-            if inside:
-                for c in range(x.shape[1]):
-                    g = grad_out[b, c, p]
-                    s = add_corner_products(s, g, x, b, c, y0, x0)
-                    for i in range(4):  # neighbour i is (y0 + i // 2, x0 + i % 2)
-                        qy, qx = y0 + i // 2, x0 + i % 2
-                        if 0 <= qy < x.shape[2] and 0 <= qx < x.shape[3]:
-                            grad_x[b, c, qy, qx] += w[i] * g
-            grad_points[b, p, 0] = corner_sum(w_dy, s)
-            grad_points[b, p, 1] = corner_sum(w_dx, s)
+            inside[p], corner[p, 0], corner[p, 1], w_p, slopes_y, slopes_x = bilinear_weights(
+                points[b, p, 0], points[b, p, 1], height, width)
+            for i in range(4):
+                w[p, i], slopes[p, 0, i], slopes[p, 1, i] = w_p[i], slopes_y[i], slopes_x[i]
+        for c in range(n_channels):
+            for p in range(n_points):
+                if not inside[p]:
+                    continue
+                g, y0, x0 = grad_out[b, c, p], corner[p, 0], corner[p, 1]
+                s = add_corner_products((sums[p, 0], sums[p, 1], sums[p, 2], sums[p, 3]),
+                                        g, x, b, c, y0, x0)
+                for i in range(4):  # neighbour i is (y0 + i // 2, x0 + i % 2)
+                    sums[p, i] = s[i]
+                    qy, qx = y0 + i // 2, x0 + i % 2
+                    if 0 <= qy < height and 0 <= qx < width:
+                        grad_x[b, c, qy, qx] += w[p, i] * g
+        for p in range(n_points):
+            s = (sums[p, 0], sums[p, 1], sums[p, 2], sums[p, 3])
+            grad_points[b, p, 0] = corner_sum((slopes[p, 0, 0], slopes[p, 0, 1], slopes[p, 0, 2],
+                                               slopes[p, 0, 3]), s)
+            grad_points[b, p, 1] = corner_sum((slopes[p, 1, 0], slopes[p, 1, 1], slopes[p, 1, 2],
+                                               slopes[p, 1, 3]), s)
 
 
 def bilinear_sample_forward(x, points):

@@ -22,7 +22,8 @@ What makes it fast:
 * **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
   layout (offset channel g·og + 2p for dx and the next for dy, modulation channel
   g·mg + ms + p): (2P, P, 0) over DCNv3's two tensors, (3P, 3P, 2P) over DCNv4's single
-  offset_mask, passed as both.
+  offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
+  array, so its padding channels (from G·3P on) keep gradient 0.
 
 Threads and determinism.  The forward pass gives each thread whole output rows (image n,
 row oy): it alone writes out[n, oy].  The backward pass scatters into grad_x, so a thread

@@ -34,10 +34,8 @@ from .floating import REORDER
 __all__ = ["group_norm_forward", "group_norm_backward", "batch_norm_stats", "batch_norm_update_running",
            "batch_norm_forward", "batch_norm_backward"]
 
-inverse_std = for_cpu(formulas.inverse_std)
-running_update = for_cpu(formulas.running_update)
-add_channel_terms = for_cpu(formulas.add_channel_terms)
-gradient_means = for_cpu(formulas.gradient_means)
+inverse_std, running_update, add_channel_terms, gradient_means = for_cpu(
+    formulas.inverse_std, formulas.running_update, formulas.add_channel_terms, formulas.gradient_means)
 
 
 @njit(cache=True, fastmath=REORDER)

@@ -4,8 +4,8 @@
 How the work is split
 ---------------------
 roi_align, deform_roi_pool and deform_ps_roi_pool run through one set of loops
-(``_pool_forward``, ``_pool_input_grad``, ``_pool_offset_mask_grad``, behind ``_forward``
-and ``_backward``; ``backends/roi_entry_points.py`` sets each op's switches) and one
+(``_pool_forward``, ``_pool_input_grad``, ``_pool_offset_mask_grad``, behind ``sampled_roi_forward``
+and ``sampled_roi_backward``; each op's Function in ``functional/roi.py`` sets the switches) and one
 sampling routine, ``_bin_samples``, built from the scalar formulas of
 ``backends/formulas/roi.py`` (shared with the cuda backend): it lists the samples of one
 bin that land inside the image, with their corners and bilinear weights.  Those depend on
@@ -34,11 +34,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .. import roi_entry_points as entry
 from ..formulas import for_cpu
 from ..formulas import roi as formulas
 
-__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
+__all__ = ["roi_pool_forward", "roi_pool_backward", "sampled_roi_forward",
+           "sampled_roi_backward"]
 
 CHANNEL_BLOCK = 16
 
@@ -279,8 +279,8 @@ def _prepare(rois, offset, mask, output_size, dtype):
     return np.ascontiguousarray(rois), np.ascontiguousarray(offset), np.ascontiguousarray(mask)
 
 
-def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma,
-             aligned, position_sensitive):
+def sampled_roi_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                        gamma, aligned, position_sensitive):
     x = np.ascontiguousarray(x)
     rois, offset, mask = _prepare(rois, offset, mask, output_size, x.dtype)
     ph, pw = output_size
@@ -293,8 +293,8 @@ def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, 
     return y
 
 
-def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, sampling_ratio,
-              gamma, aligned, position_sensitive):
+def sampled_roi_backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale,
+                         sampling_ratio, gamma, aligned, position_sensitive):
     """(grad_x, grad_offset, grad_mask); the last two only when x is given."""
     grad_y = np.ascontiguousarray(grad_y)
     output_size = grad_y.shape[2:]
@@ -314,41 +314,3 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
                            mask, H, W, float(spatial_scale), sampling_ratio, float(gamma),
                            position_sensitive, most, grad_offset, grad_mask)
     return grad_x, grad_offset, grad_mask
-
-
-# ---------------------------------------------------------------------------- public kernels
-# Declared here so a reader can grep them; the switches each op sets live once, in
-# backends/roi_entry_points.py, shared by the three backends.
-def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
-                                   sampling_ratio, aligned)
-
-
-def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
-                       aligned):
-    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
-                                    spatial_scale, sampling_ratio, aligned)
-
-
-def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                            gamma):
-    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
-                                         spatial_scale, sampling_ratio, gamma)
-
-
-def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma):
-    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
-                                          spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
-                               gamma):
-    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
-                                            spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma):
-    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
-                                             spatial_scale, sampling_ratio, gamma)

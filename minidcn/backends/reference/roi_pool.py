@@ -4,17 +4,19 @@ position-sensitive).  Written to be read beside the formulas below; the oracle f
 
     roi_pool_forward(x, rois, output_size, spatial_scale) -> (y, argmax)
     roi_pool_backward(grad_y, argmax, rois, input_shape) -> grad_x
-    roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned) -> y
-    roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale,
-                       sampling_ratio, aligned) -> grad_x
-    deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale,
-                            sampling_ratio, gamma) -> y
-    deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma) -> (grad_x, grad_offset, grad_mask)
-    deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale,
-                               sampling_ratio, gamma) -> y
-    deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma) -> (grad_x, grad_offset)
+    sampled_roi_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                        gamma, aligned, position_sensitive) -> y
+    sampled_roi_backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale,
+                         sampling_ratio, gamma, aligned, position_sensitive)
+        -> (grad_x, grad_offset, grad_mask)
+
+The second pair is roi_align, deform_roi_pool and deform_ps_roi_pool at once: one sampling
+computation with switches (below).  Each op's Function in ``functional/roi.py`` sets them:
+roi_align passes no offset (zeros), no mask (ones), gamma = 0 and its own ``aligned``; the
+deformable poolings are always aligned and differ in ``position_sensitive`` (there is no
+mask then).  Backward returns None for grad_offset and grad_mask when x is None (roi_align
+needs only the input gradient); an absent mask is read as ones and still gets a gradient,
+which the Function drops.
 
 Shapes: x (B, C, H, W); rois (K, 5) rows [batch_index, x1, y1, x2, y2] in image
 coordinates, of x's dtype, batch indices already checked to be integers in [0, B);
@@ -95,9 +97,9 @@ import math
 
 import numpy as np
 
-from .. import roi_entry_points as entry
 
-__all__ = ["roi_pool_forward", "roi_pool_backward", *entry.__all__]
+__all__ = ["roi_pool_forward", "roi_pool_backward", "sampled_roi_forward",
+           "sampled_roi_backward"]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 INT_LIMIT = 2.0**31
@@ -268,28 +270,27 @@ def _stand_ins(rois, offset, mask, output_size, dtype):
     return np.ascontiguousarray(offset), np.ascontiguousarray(mask)
 
 
-@np.errstate(invalid="ignore", over="ignore")  # NaN / inf rois are allowed: they pool to 0
-def _forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma, aligned,
-             position_sensitive):
-    """The forward of all three sampled poolings (``roi_entry_points`` sets the switches)."""
+def sampled_roi_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                        gamma, aligned, position_sensitive):
+    """The forward of all three sampled poolings (``functional/roi.py`` sets the switches)."""
     x, rois = np.ascontiguousarray(x), np.ascontiguousarray(rois)
     offset, mask = _stand_ins(rois, offset, mask, output_size, x.dtype)
     _, C, H, W = x.shape
     c_out = C // (output_size[0] * output_size[1]) if position_sensitive else C
     channel = _channel_map(c_out, output_size, position_sensitive)
     y = np.zeros((rois.shape[0], c_out) + tuple(output_size), x.dtype)
-    for k, roi in enumerate(rois):
-        s = _bin_samples(roi, offset[k], output_size, spatial_scale, sampling_ratio, gamma,
-                         aligned, H, W)
-        y[k] = _bin_means(x[int(roi[0])], channel, s) * mask[k, 0]
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf rois are allowed: they pool to 0
+        for k, roi in enumerate(rois):
+            s = _bin_samples(roi, offset[k], output_size, spatial_scale, sampling_ratio, gamma,
+                             aligned, H, W)
+            y[k] = _bin_means(x[int(roi[0])], channel, s) * mask[k, 0]
     return y
 
 
-@np.errstate(invalid="ignore", over="ignore")  # NaN / inf rois are allowed: they pool to 0
-def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, sampling_ratio, gamma,
-              aligned, position_sensitive):
-    """Gradients of ``_forward``: (grad_x, grad_offset, grad_mask); the last two are None
-    when x is None."""
+def sampled_roi_backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale,
+                         sampling_ratio, gamma, aligned, position_sensitive):
+    """Gradients of ``sampled_roi_forward``: (grad_x, grad_offset, grad_mask); the last two
+    are None when x is None."""
     grad_y, rois = np.ascontiguousarray(grad_y), np.ascontiguousarray(rois)
     output_size, input_shape, want_offset_mask = grad_y.shape[2:], tuple(input_shape), x is not None
     offset, mask = _stand_ins(rois, offset, mask, output_size, grad_y.dtype)
@@ -299,70 +300,33 @@ def _backward(grad_y, x, rois, offset, mask, input_shape, spatial_scale, samplin
     grad_x = np.zeros(input_shape, grad_y.dtype)
     grad_offset = np.zeros((K, 2) + tuple(output_size), grad_y.dtype) if want_offset_mask else None
     grad_mask = np.zeros((K, 1) + tuple(output_size), grad_y.dtype) if want_offset_mask else None
-    for k, roi in enumerate(rois):
-        b = int(roi[0])
-        s = _bin_samples(roi, offset[k], output_size, spatial_scale, sampling_ratio, gamma,
-                         aligned, H, W)
-        # what each sample passes on, (C_out, ph, pw, 1, 1)
-        g = (grad_y[k] * mask[k, 0] / s["count"])[..., None, None]
-        (y0, y1), (x0, x1) = s["rows"], s["cols"]
-        inside = s["inside"]
-        keep = np.broadcast_to(inside, (c_out,) + inside.shape)  # (C_out, ph, pw, gh, gw)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf rois are allowed: they pool to 0
+        for k, roi in enumerate(rois):
+            b = int(roi[0])
+            s = _bin_samples(roi, offset[k], output_size, spatial_scale, sampling_ratio, gamma,
+                             aligned, H, W)
+            # what each sample passes on, (C_out, ph, pw, 1, 1)
+            g = (grad_y[k] * mask[k, 0] / s["count"])[..., None, None]
+            (y0, y1), (x0, x1) = s["rows"], s["cols"]
+            inside = s["inside"]
+            keep = np.broadcast_to(inside, (c_out,) + inside.shape)  # (C_out, ph, pw, gh, gw)
 
-        def kept(a):
-            return np.broadcast_to(a, keep.shape)[keep]
+            def kept(a):
+                return np.broadcast_to(a, keep.shape)[keep]
 
-        for w, r, q in zip(s["weights"], (y0, y0, y1, y1), (x0, x1, x0, x1)):
-            np.add.at(grad_x[b], (kept(channel), kept(r), kept(q)), kept(g * w))
-        if not want_offset_mask:
-            continue
-        plane_stack = np.ascontiguousarray(x)[b]
-        v00, v01, v10, v11 = _corner_values(plane_stack, channel, s)
-        sy, sx = s["y"], s["x"]  # the samples, unclamped
-        dv_dx = (y1 - sy) * (v01 - v00) + (sy - y0) * (v11 - v10)
-        dv_dy = (x1 - sx) * (v10 - v00) + (sx - x0) * (v11 - v01)
-        # per sample, as mmcv: a RoI without samples (NaN box) gets 0, not 0 * NaN
-        along_x = np.where(inside, gamma * s["roi_w"] * g * dv_dx, 0)
-        along_y = np.where(inside, gamma * s["roi_h"] * g * dv_dy, 0)
-        grad_offset[k, 0] = along_x.sum(axis=(0, -2, -1))
-        grad_offset[k, 1] = along_y.sum(axis=(0, -2, -1))
-        grad_mask[k, 0] = (grad_y[k] * _bin_means(plane_stack, channel, s)).sum(axis=0)
+            for w, r, q in zip(s["weights"], (y0, y0, y1, y1), (x0, x1, x0, x1)):
+                np.add.at(grad_x[b], (kept(channel), kept(r), kept(q)), kept(g * w))
+            if not want_offset_mask:
+                continue
+            plane_stack = np.ascontiguousarray(x)[b]
+            v00, v01, v10, v11 = _corner_values(plane_stack, channel, s)
+            sy, sx = s["y"], s["x"]  # the samples, unclamped
+            dv_dx = (y1 - sy) * (v01 - v00) + (sy - y0) * (v11 - v10)
+            dv_dy = (x1 - sx) * (v10 - v00) + (sx - x0) * (v11 - v01)
+            # per sample, as mmcv: a RoI without samples (NaN box) gets 0, not 0 * NaN
+            along_x = np.where(inside, gamma * s["roi_w"] * g * dv_dx, 0)
+            along_y = np.where(inside, gamma * s["roi_h"] * g * dv_dy, 0)
+            grad_offset[k, 0] = along_x.sum(axis=(0, -2, -1))
+            grad_offset[k, 1] = along_y.sum(axis=(0, -2, -1))
+            grad_mask[k, 0] = (grad_y[k] * _bin_means(plane_stack, channel, s)).sum(axis=0)
     return grad_x, grad_offset, grad_mask
-
-
-# ---------------------------------------------------------------------------- public kernels
-# Declared here so a reader can grep them; the switches each op sets live once, in
-# backends/roi_entry_points.py, shared by the three backends.
-def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    return entry.roi_align_forward(_forward, x, rois, output_size, spatial_scale,
-                                   sampling_ratio, aligned)
-
-
-def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
-                       aligned):
-    return entry.roi_align_backward(_backward, grad_y, rois, input_shape, output_size,
-                                    spatial_scale, sampling_ratio, aligned)
-
-
-def deform_roi_pool_forward(x, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                            gamma):
-    return entry.deform_roi_pool_forward(_forward, x, rois, offset, mask, output_size,
-                                         spatial_scale, sampling_ratio, gamma)
-
-
-def deform_roi_pool_backward(grad_y, x, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, gamma):
-    return entry.deform_roi_pool_backward(_backward, grad_y, x, rois, offset, mask, output_size,
-                                          spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_forward(x, rois, offset, output_size, spatial_scale, sampling_ratio,
-                               gamma):
-    return entry.deform_ps_roi_pool_forward(_forward, x, rois, offset, output_size,
-                                            spatial_scale, sampling_ratio, gamma)
-
-
-def deform_ps_roi_pool_backward(grad_y, x, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma):
-    return entry.deform_ps_roi_pool_backward(_backward, grad_y, x, rois, offset, output_size,
-                                             spatial_scale, sampling_ratio, gamma)
