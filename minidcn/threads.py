@@ -35,8 +35,10 @@ To override: set the variable yourself, in the shell or in ``os.environ`` before
 threads (``threadpool_limits(2, "blas")``) and ``numba.set_num_threads`` numba's.
 ``NUMBA_NUM_THREADS`` and ``NUMBA_THREADING_LAYER`` are numba's own and minidcn does not set
 them.  On a heavily loaded machine ``NUMBA_THREADING_LAYER=workqueue`` was faster still
-(training step 42 ms, group_norm 3.4 ms, at load 15), but that layer aborts the process
-when two Python threads run parallel loops at once, so minidcn does not choose it for you.
+(training step 42 ms, group_norm 3.4 ms, at load 15), but that layer aborts the whole
+process when parallel loops start from two threads at once (numba functions compiled with
+``nogil=True``, run from threads), and its idle workers poll instead of sleeping; minidcn
+leaves that choice to you.
 """
 
 from __future__ import annotations
