@@ -37,8 +37,7 @@ threads (``threadpool_limits(2, "blas")``) and ``numba.set_num_threads`` numba's
 them.  On a heavily loaded machine ``NUMBA_THREADING_LAYER=workqueue`` was faster still
 (training step 42 ms, group_norm 3.4 ms, at load 15), but that layer aborts the whole
 process when parallel loops start from two threads at once (numba functions compiled with
-``nogil=True``, run from threads), and its idle workers poll instead of sleeping; minidcn
-leaves that choice to you.
+``nogil=True``, run from threads) or one inside another; minidcn leaves that choice to you.
 """
 
 from __future__ import annotations
