@@ -25,16 +25,16 @@ What makes it fast, for a student comparing it with the reference:
   narrow layer (16 -> 32 channels) lost to NumPy's im2col: each of its 9 products summed only
   16 terms.  Here the sum has 144 terms there, 576 at 64 channels.
 * **Contiguous runs, in the order BLAS reads them.**  The input is first copied to
-  channels-last order inside a zero border (``pad_channels_last``).  Then the C_g values of
+  channels-last order inside a zero border (``layout.pad_channels_last``).  Then the C_g values of
   one (pixel, kernel point, group) are one contiguous run in the input and one in the row, so
   ``im2row`` is a string of short memory copies with no bounds checks (the border *is* the
   zero padding).  Pixel-major rows (every row contiguous) are also the layout OpenBLAS
   multiplies fastest here, faster than the channel-major cols for all three products.
 * **The product in the orientation BLAS runs fastest.**  Each group's product is computed
   as rows (n·L × K) @ w[g]ᵀ (K × O_g); asking BLAS for w[g] @ rowsᵀ straight into y's
-  layout was about 40% slower here.  A tiled Numba transpose (``product_to_output``) then
+  layout was about 40% slower here.  A tiled Numba transpose (``layout.product_to_output``) then
   moves the (n·L × O_g) result into (B, C_out, H_out, W_out) and adds the bias in the same
-  pass; backward runs it the other way round for grad_y (``output_to_product``), and
+  pass; backward runs it the other way round for grad_y (``layout.output_to_product``), and
   grad_rows overwrites the rows once grad_w has used them (no second buffer).
 * **A gather, not a scatter, for grad_x.**  ``row2im`` gives each thread whole rows of
   grad_x: for one input row it sums, pixel by pixel, the (at most kh·kw) entries of grad_rows
@@ -53,6 +53,7 @@ from numba import njit, prange
 
 from ..reference.conv import output_size
 from .chunks import equal_chunks
+from .layout import output_to_product, pad_channels_last, product_to_output
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -60,22 +61,6 @@ CHUNK_BUFFER_BYTES = 32 << 20  # the scratch buffers of one chunk of images stay
 
 
 # ----------------------------------------------------------------------------- kernels
-@njit(cache=True, parallel=True)
-def pad_channels_last(x, padding, xpad):
-    """xpad[n, r + p_h, q + p_w, c] = x[n, c, r, q]: the interior only; the border of xpad
-    must already be zero (it is allocated zeroed and never written).  One thread per
-    (image, input row)."""
-    n_images, channels, height, width = x.shape
-    ph, pw = padding
-    for task in prange(n_images * height):
-        n, r = task // height, task % height
-        out = xpad[n, r + ph]
-        for c in range(channels):
-            src = x[n, c, r]
-            for q in range(width):
-                out[pw + q, c] = src[q]
-
-
 @njit(cache=True, parallel=True)
 def im2row(xpad, kernel, stride, dilation, rows):
     """rows[n, i, j, g, (u·kw + v)·C_g + c] = xpad[n, i·s_h + u·d_h, j·s_w + v·d_w, g·C_g + c].
@@ -168,44 +153,6 @@ def row2im(grad_rows, kernel, stride, padding, dilation, grad_x):
                 out[x] = total[x, c]
 
 
-TILE = 64  # pixels per block of the transposes: a (TILE × O_g) block stays in the L1 cache
-
-
-@njit(cache=True, parallel=True)
-def product_to_output(product, bias, y):
-    """y[n, g·O_g + o, p] = product[g, n·L + p, o] + bias[g·O_g + o]: the (L × O_g) blocks of
-    the product, transposed into the (C_out, L) image of y.  One thread per (image, group);
-    it walks the pixels in tiles so that the block it transposes stays in the L1 cache."""
-    groups, per_group = product.shape[0], product.shape[2]
-    n_images, pixels = y.shape[0], y.shape[2]
-    for task in prange(n_images * groups):
-        n, g = task // groups, task % groups
-        block = product[g, n * pixels:(n + 1) * pixels]
-        for first in range(0, pixels, TILE):
-            last = min(first + TILE, pixels)
-            for o in range(per_group):
-                out, b = y[n, g * per_group + o], bias[g * per_group + o]
-                for p in range(first, last):
-                    out[p] = block[p, o] + b
-
-
-@njit(cache=True, parallel=True)
-def output_to_product(grad_y, grad_product):
-    """grad_product[g, n·L + p, o] = grad_y[n, g·O_g + o, p]: the adjoint of
-    ``product_to_output`` (without the bias), in the same tiles."""
-    groups, per_group = grad_product.shape[0], grad_product.shape[2]
-    n_images, pixels = grad_y.shape[0], grad_y.shape[2]
-    for task in prange(n_images * groups):
-        n, g = task // groups, task % groups
-        block = grad_product[g, n * pixels:(n + 1) * pixels]
-        for first in range(0, pixels, TILE):
-            last = min(first + TILE, pixels)
-            for o in range(per_group):
-                src = grad_y[n, g * per_group + o]
-                for p in range(first, last):
-                    block[p, o] = src[p]
-
-
 # ----------------------------------------------------------------------------- host side
 class _Plan:
     """Shapes, the weight as (G, O_g, K) and the chunk buffers of one convolution."""
@@ -223,16 +170,14 @@ class _Plan:
         ).reshape(groups, self.out_channels // groups, self.depth)
         self.padded_shape = (height + 2 * padding[0], width + 2 * padding[1], self.channels)
         self.pixels = self.out_size[0] * self.out_size[1]
-        per_image = x.itemsize * (np.prod(self.padded_shape) + self.pixels * (groups * self.depth + self.out_channels))
-        self.chunk_bounds = equal_chunks(self.batch, int(per_image), CHUNK_BUFFER_BYTES)
+        # scratch values per image: its padded copy, its rows and its part of the product
+        values = np.prod(self.padded_shape) + self.pixels * (groups * self.depth + self.out_channels)
+        self.image_bytes = int(x.itemsize * values)
+        self.chunk_bounds = equal_chunks(self.batch, self.image_bytes, CHUNK_BUFFER_BYTES)
         chunk = self.chunk_bounds[0][1]
         self.xpad = np.zeros((chunk,) + self.padded_shape, x.dtype)
         self.rows = np.empty((chunk,) + self.out_size + (groups, self.depth), x.dtype)
         self.product = np.empty((groups, chunk * self.pixels, self.out_channels // groups), x.dtype)
-
-    def image_bytes(self):
-        """Scratch bytes per image: its padded copy, its rows and its part of the product."""
-        return self.xpad[:1].nbytes + self.rows[:1].nbytes + self.product.itemsize * self.pixels * self.out_channels
 
     def rows_of(self, x, start, stop):
         """The chunk's rows (n, H_out, W_out, G, K), made from x[start:stop]."""
