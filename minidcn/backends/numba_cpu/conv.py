@@ -54,6 +54,7 @@ from numba import njit, prange
 from ..reference.conv import output_size
 from .chunks import equal_chunks
 from .layout import output_to_product, pad_channels_last, product_to_output
+from .products import matmul_rows, sum_of_products
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -209,7 +210,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     for start, stop in plan.chunk_bounds:
         rows = plan.by_group(plan.rows_of(x, start, stop))           # (G, n·L, K)
         product = plan.product_of(start, stop)                       # (G, n·L, O_g)
-        np.matmul(rows, w_t, out=product)
+        matmul_rows(rows, w_t, product)
         product_to_output(product, bias, plan.flat(y[start:stop]))
     return y
 
@@ -228,9 +229,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, need_g
         by_group = plan.by_group(rows)                                 # (G, n·L, K)
         grad_product = plan.product_of(start, stop)                    # (G, n·L, O_g)
         output_to_product(plan.flat(grad_y[start:stop]), grad_product)
-        grad_w_t += np.matmul(by_group.transpose(0, 2, 1), grad_product)
+        grad_w_t += sum_of_products(by_group, grad_product)
         if need_grad_input:
-            np.matmul(grad_product, plan.w, out=by_group)              # rows now hold grad_rows
+            matmul_rows(grad_product, plan.w, by_group)                # rows now hold grad_rows
             row2im(rows, plan.kernel, *plan.params, grad_x[start:stop])
     kh, kw = plan.kernel
     grad_weight = (grad_w_t.reshape(groups, kh, kw, -1, plan.out_channels // groups)

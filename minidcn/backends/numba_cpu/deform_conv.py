@@ -69,6 +69,7 @@ from .bilinear import bilinear_weights, corner_sum
 from .chunks import equal_chunks
 from .floating import REORDER
 from .layout import crop_channels_first, output_to_product, pad_channels_last, product_to_output
+from .products import matmul_rows, sum_of_products
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]  # set_column_budget: a knob, not a kernel
 
@@ -310,7 +311,7 @@ def deform_conv2d_forward(x, offset, mask, weight, bias, stride, padding, dilati
         size = (end - start) * plan.pixels
         rows, product = plan.rows[:size], plan.product[:, :size]
         _im2row(plan.pad(x, start, end), offset[start:end], mask[start:end], rows, plan.geometry)
-        np.matmul(plan.by_group(rows), plan.weight_t, out=product)
+        matmul_rows(plan.by_group(rows), plan.weight_t, product)
         product_to_output(product, bias, plan.flat(y[start:end]))
     return y
 
@@ -334,8 +335,8 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
         _im2row(xpad, offset[start:end], mask[start:end], rows, plan.geometry)
         output_to_product(plan.flat(grad_y[start:end]), grad_product)
         by_group = plan.by_group(rows)
-        grad_weight_t += np.matmul(by_group.transpose(0, 2, 1), grad_product)
-        np.matmul(grad_product, w, out=by_group)  # rows now hold grad_rows
+        grad_weight_t += sum_of_products(by_group, grad_product)
+        matmul_rows(grad_product, w, by_group)  # rows now hold grad_rows
         chunk_grad_xpad = grad_xpad[: end - start]
         chunk_grad_xpad.fill(0)
         _row2im(xpad, offset[start:end], mask[start:end], has_mask, rows, chunk_grad_xpad,
