@@ -36,6 +36,9 @@ What makes it fast, for a student comparing it with the reference:
   moves the (n·L × O_g) result into (B, C_out, H_out, W_out) and adds the bias in the same
   pass; backward runs it the other way round for grad_y (``layout.output_to_product``), and
   grad_rows overwrites the rows once grad_w has used them (no second buffer).
+* **Both cores in the products.**  minidcn keeps BLAS on one thread (``minidcn/threads.py``),
+  so ``products.py`` cuts each product into pieces of rows and multiplies them on numba's
+  number of threads at once, with the same bits for any number of threads.
 * **A gather, not a scatter, for grad_x.**  ``row2im`` gives each thread whole rows of
   grad_x: for one input row it sums, pixel by pixel, the (at most kh·kw) entries of grad_rows
   that came from it, in a fixed order (u, then the output pixel j), into a channels-last scratch row, then

@@ -17,8 +17,8 @@ padding (``bilinear.py``).  Here it runs in three steps:
    order with a zero border one pixel wide (``layout.pad_channels_last``), so the four
    corners of a point are four contiguous runs of channels and no bounds check is needed:
    the zero border *is* the zero padding.
-2. **GEMM** (NumPy's ``matmul``, i.e. BLAS): product = rows @ weightᵀ, one product per weight
-   group.  Rows are pixel-major, (N·H_out·W_out, C_in·kh·kw): a tall, thin product that BLAS
+2. **GEMM** (NumPy's ``matmul``, i.e. BLAS, through ``products.py``): product = rows @ weightᵀ,
+   one product per weight group.  Rows are pixel-major, (N·H_out·W_out, C_in·kh·kw): a tall, thin product that BLAS
    runs at full speed.
 3. ``layout.product_to_output`` transposes the product into (B, C_out, H_out, W_out) and
    adds the bias in the same pass.
@@ -39,6 +39,8 @@ channels at 64×64; the three BLAS products are now about half of the time):
   (float32 for float32 data: twice the lanes of float64, no conversions) over one weight
   group's channels, then add up in float64 across groups and corners (another 1.3x).
 * **Chunks that stay in the cache** (``chunks.py``): 1.3-1.4x, see below.
+* **Both cores in the products**: with BLAS on one thread (``minidcn/threads.py``), the
+  products run in pieces of rows on numba's number of threads (``products.py``).
 * **No NumPy transposes.**  The copies into channels-last order and back, and between the
   product's (pixels × channels) layout and (B, C, H, W), are Numba loops that keep the
   strided side in the L1 cache (``layout.py``); NumPy's transposing assignments took
