@@ -29,15 +29,6 @@
 # (the `aligned=True` convention); images are drawn with y pointing down.
 
 # %%
-import os
-
-# Two thread pools share the cores: Numba's (OpenMP) for the kernels and OpenBLAS's for the
-# matrix products. Their default is to spin while waiting for work, and on a busy machine a
-# small kernel then waits milliseconds for a spinning thread. Sleeping threads and a
-# single-threaded BLAS cost nothing here. (Set before NumPy loads; an explicit setting wins.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import time
 
 import matplotlib.pyplot as plt

@@ -3,7 +3,8 @@
     minidcn lessons                        list the lessons with one-line summaries
     minidcn lesson N [--quick] [--out DIR] run lesson N
     minidcn tour [--quick] [--out DIR]     run every lesson in order, stop at the first failure
-    minidcn bench [section ...]            the benchmark (also python -m minidcn.bench)
+    minidcn bench [section ...]            the benchmark: each implementation in its own process
+                                           (--repeat N --rounds R; also python -m minidcn.bench)
     minidcn explore [--quick] [--out FILE] lesson 07's network, unit by unit, in a web page
 
 Each lesson runs as its own Python process (``python <lesson file>``), exactly as a reader
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", metavar="FILE", type=Path,
                          help=f"the HTML file to write (default: {_explore_default()})")
     # main() hands "bench ..." to the benchmark's own parser; listed here for --help.
-    sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N]")
+    sub.add_parser("bench", help="time the kernels: minidcn bench [section ...] [--repeat N] [--rounds R]")
     return parser
 
 
@@ -108,8 +109,6 @@ def _run(path: Path, quick: bool, out: Path) -> int:
     """Run one lesson file in a child Python, writing to the folder ``out``; return its exit code."""
     env = dict(os.environ, MINIDCN_FIGURES=str(out))
     env.setdefault("MPLBACKEND", "Agg")  # figures go to files; no window opens
-    for name, value in lessons_support.THREAD_ENVIRONMENT.items():
-        env.setdefault(name, value)
     if quick:
         env["MINIDCN_QUICK"] = "1"
     # The child must import the same minidcn as this process, installed or not.

@@ -30,13 +30,6 @@ __all__ = ["lessons_dir", "lesson_files", "lesson_summary", "default_output_dir"
            "prepare_output_dir", "figures_dir", "save_figure", "save_gif", "check",
            "defined_at"]
 
-# Thread settings a lesson process starts with (unless the user set them).  numba's OpenMP
-# workers and OpenBLAS's threads both busy-wait after a parallel region; on two cores each
-# then steals the other's core, and a small training step measured 146-320 ms instead of
-# 5-8 ms.  Both must be set before NumPy and numba load, so ``minidcn lesson`` sets them in
-# the lesson's environment.
-THREAD_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1"}
-
 # What a quick run's figure says in its title, so it is never mistaken for the lesson's result.
 QUICK_TITLE = "quick run"
 QUICK_NOTE = "MINIDCN_QUICK=1: less data, fewer epochs"

@@ -12,10 +12,6 @@ import os
 
 if os.environ.get("MINIDCN_REAL_GPU") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-# Passive thread waiting, as minidcn.lessons_support.THREAD_ENVIRONMENT explains; set here,
-# before NumPy loads, because importing that module would load NumPy first.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -34,6 +34,8 @@ CASES = {
                            batched((1, 2, 4, 4), (1, 18, 4, 4), (1, 9, 4, 4), (3, 2, 3, 3)), 3),
     "bilinear_sample": (lambda x, p, rois: F.bilinear_sample(x, p),
                         batched((1, 3, 4, 5), (1, 7, 2)), 2),
+    "multi_scale_deform_attn": (lambda v, loc, a, rois: F.multi_scale_deform_attn(v, [[2, 3], [1, 2]], loc, a),
+                                batched((1, 8, 2, 3), (1, 4, 2, 2, 2, 2), (1, 4, 2, 2, 2)), 3),
     "max_pool2d": (lambda x, rois: F.max_pool2d(x, 3, 2, 1, dilation=(1, 2)), batched((1, 2, 5, 6)), 1),
     "avg_pool2d": (lambda x, rois: F.avg_pool2d(x, 2, 1, 1, count_include_pad=False),
                    batched((1, 2, 4, 4)), 1),

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import minidcn
-from minidcn.lessons_support import THREAD_ENVIRONMENT, lesson_files
+from minidcn.lessons_support import lesson_files
 
 jupytext = pytest.importorskip("jupytext", reason="pip install '.[test]' installs jupytext")
 nbclient = pytest.importorskip("nbclient", reason="pip install '.[test]' installs nbclient")
@@ -77,8 +77,6 @@ def test_lesson_runs_as_a_notebook_with_inline_figures(number, tmp_path, monkeyp
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (minidcn tests)", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    for name, value in THREAD_ENVIRONMENT.items():
-        monkeypatch.setenv(name, os.environ.get(name, value))
 
     notebook = jupytext.read(path)
     notebook.cells.insert(0, nbformat.v4.new_code_cell(FIRST_CELL))

@@ -1,0 +1,38 @@
+"""Multi-scale deformable attention, the scalar formulas shared by the numba_cpu and cuda backends.
+
+The formula is stated over whole arrays in ``backends/reference/multi_scale_deform_attn.py``:
+a normalised location (u, v) on level l (H_l x W_l pixels, rows start_l ... of value's S
+axis) is read by bilinear sampling at pixel (y, x) = (v H_l - 0.5, u W_l - 0.5).  The corner
+and weights of that pixel position come from ``formulas/bilinear.py`` (``bilinear_weights``);
+what is particular to this op is where the four neighbours live in the channels-last,
+level-concatenated value: neighbour q_i = (y0 + i // 2, x0 + i % 2) is row
+start_l + (y0 + i // 2) W_l + x0 + i % 2 of value[n, :, m, :], whose D channels are
+contiguous.
+
+Each function here is plain Python; ``numba_cpu`` compiles it with ``for_cpu`` and ``cuda``
+with ``for_gpu`` (see ``formulas/__init__.py``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["level_pixel", "corner_rows"]
+
+
+def level_pixel(u, v, height, width):
+    """(y, x) = (v H - 0.5, u W - 0.5): the pixel coordinates of the normalised location
+    (u, v) on a height x width map (grid_sample's align_corners=False: u = 0 and u = 1 are
+    the map's outer edges)."""
+    return v * height - 0.5, u * width - 0.5
+
+
+def corner_rows(y0, x0, height, width, start):
+    """The row of value (in its S axis) holding each neighbour q_i = (y0 + i // 2, x0 + i % 2)
+    of a point on the level that starts at row ``start``, or -1 for a neighbour outside the
+    height x width map (zero padding: it is not read, and its weights are 0)."""
+    top, bottom = 0 <= y0 < height, 0 <= y0 + 1 < height
+    left, right = 0 <= x0 < width, 0 <= x0 + 1 < width
+    row = start + y0 * width + x0
+    return (row if top and left else -1,
+            row + 1 if top and right else -1,
+            row + width if bottom and left else -1,
+            row + width + 1 if bottom and right else -1)
