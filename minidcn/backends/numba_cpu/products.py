@@ -35,7 +35,7 @@ __all__ = ["matmul_rows", "sum_of_products"]
 
 PIECE_ROWS = 2048
 """Rows per piece: enough for BLAS to run near its peak (pieces of 1024 rows ran up to 23%
-slower per row than pieces of 8192, pieces of 2048 up to 10%), few enough that a chunk of
+slower per row than pieces of 8192, pieces of 2048 up to 14%), few enough that a chunk of
 images gives each of two threads work."""
 
 _pool = None
