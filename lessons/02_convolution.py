@@ -7,9 +7,9 @@
 # 1. seven nested Python loops, straight from the formula;
 # 2. im2col + GEMM: gather every window into a column, then one matrix product (the NumPy
 #    `reference` backend);
-# 3. shifted products: kh·kw matrix products, each reading the padded input in place through
-#    a shifted view, with Numba for the copies around them (the `numba` backend, minidcn's
-#    default on the CPU);
+# 3. the `numba` backend, minidcn's default on the CPU: im2col again, built by Numba loops in
+#    the layout BLAS multiplies fastest (and, on the way, shifted products: kh·kw matrix
+#    products that read the padded input in place through shifted views, no copy at all);
 # 4. a `numba.cuda` kernel (the `cuda` backend), run here in Numba's CUDA simulator unless a
 #    GPU is present;
 #
@@ -203,10 +203,10 @@ save_figure(fig, "02_im2col_layout.png")
 # %% [markdown]
 # ## 2b. The same sum without the copies: shifted products
 #
-# im2col writes a matrix kh·kw times the size of the input, then reads it back. For a wide
-# layer on a laptop, moving that memory costs more than the arithmetic. The `numba` backend
-# keeps the sum over the kernel points as a sum of kh·kw smaller products, each reading the
-# input where it lies:
+# im2col writes a matrix kh·kw times the size of the input, then reads it back. Shifted
+# products avoid that: they keep the sum over the kernel points as a sum of kh·kw smaller
+# products, each reading the input where it lies (minidcn's `numba` backend once worked this
+# way; the take-aways at the end say why it no longer does):
 #
 #     y[n] (O × L) = Σ_{u, v}  W[:, :, u, v] (O × C) · (x_pad shifted by (u, v)) (C × L).
 #
@@ -216,9 +216,8 @@ save_figure(fig, "02_im2col_layout.png")
 # u·d·W_p + v·d places after position (n, i, j) in `flat`. So the operand of kernel point
 # (u, v) is the *view* `flat[:, shift : shift + N]`: no copy at all. The product is computed
 # at every position of the padded grid, and the positions whose window runs off the image
-# are thrown away at the end. (With stride s, the library first splits the padded input into
-# s×s "phase" images of every s-th pixel, and each kernel point reads one phase, shifted:
-# read `minidcn/backends/numba_cpu/conv.py`.)
+# are thrown away at the end. (With stride s, split the padded input into s×s "phase" images
+# of every s-th pixel first; each kernel point then reads one phase, shifted.)
 
 # %%
 def conv2d_shifted(x, w, b, padding=1, dilation=1):
@@ -261,8 +260,8 @@ check(column_bytes > 4 * padded_bytes, "the shifted views read a fraction of im2
 #
 # Now the library. `minidcn.functional.conv2d` validates its arguments and calls the kernels
 # of the active backend: `with minidcn.backend("reference")` gives the NumPy im2col above,
-# `"numba"` the shifted products of 2b (`minidcn/backends/numba_cpu/conv.py`: the copies
-# into and out of the padded grid are `@njit` loops, the products are BLAS). A tensor moved with
+# `"numba"` an im2col built by `@njit` loops, one row per output pixel, with BLAS for the
+# products (`minidcn/backends/numba_cpu/conv.py` says what makes it fast). A tensor moved with
 # `.to("cuda")` runs the `numba.cuda` kernel (`minidcn/backends/cuda/conv.py`), one GPU
 # thread per output value in a grid-stride loop.
 #
@@ -416,12 +415,13 @@ save_figure(fig, "02_conv_timings.png")
 # * A convolution is a sum over a window; the four implementations compute the same sum, and
 #   agree to float64 round-off.
 # * im2col turns the sum into one matrix product, trading memory (each pixel copied kh·kw
-#   times) for speed. Shifted products keep kh·kw smaller products and read the input in
-#   place (the `numba` backend). Which is faster depends on the layer: with many channels
-#   the column matrix is large and moving it dominates, so shifted products win (the large
-#   shape in the table); with few channels each of the kh·kw products is too small for BLAS
-#   to run well, and the one big im2col product wins (the smaller shapes). Measure before
-#   you believe either.
+#   times) for speed. Shifted products (2b) keep kh·kw smaller products and read the input in
+#   place, but each of those products sums only C terms, and BLAS runs short sums far below
+#   its peak: with few channels the one big im2col product wins. minidcn's `numba` backend
+#   used shifted products until an im2col built by Numba loops (runs of channels copied into
+#   one row per output pixel, the layout BLAS reads fastest) beat them forward and backward
+#   at every shape we measured, 16 and 64 channels alike. How the copies are made matters as
+#   much as how many there are. Measure before you believe either.
 # * The deformable convolution of lesson 04 keeps this plan and changes one thing: the column
 #   entry for kernel point k is no longer the pixel at p0 + p_k but the bilinear sample at
 #   p0 + p_k + Δp_k (lesson 03).

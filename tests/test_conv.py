@@ -189,9 +189,9 @@ def test_numba_chunks_of_images_give_the_same_result(monkeypatch, stride):
     """A scratch budget of one image's buffers forces one image per chunk."""
     (x, w, b), params = arrays_for((5, 2, 3, 6, 5, 3, 3, stride, (1, 1), (1, 1), 1), seed=5)
     whole = run("numba", conv_of(params), x, w, b)
-    grid = numba_conv._Grid(x.shape, w.shape, stride, (1, 1), (1, 1), 1)
-    monkeypatch.setattr(numba_conv, "CHUNK_BUFFER_BYTES", grid.image_bytes(8, backward=True))
-    assert grid.chunks(8, backward=True) == [(n, n + 1) for n in range(5)]
+    plan = numba_conv._Plan(x, w, stride, (1, 1), (1, 1), 1)
+    monkeypatch.setattr(numba_conv, "CHUNK_BUFFER_BYTES", plan.image_bytes)
+    assert numba_conv._Plan(x, w, stride, (1, 1), (1, 1), 1).chunk_bounds == [(n, n + 1) for n in range(5)]
     assert_runs_agree(run("numba", conv_of(params), x, w, b), whole, 1e-13)
 
 

@@ -11,35 +11,55 @@ padding (``bilinear.py``).  Here it runs in three steps:
 1. **Deformable im2col** (``_im2row``).  For every output pixel, write one row holding all
    the C_in · kh · kw sampled (and masked) values the output needs.  The sampling corner and
    the four bilinear weights depend on (image, offset group, kernel point, output pixel), not
-   on the channel: they are computed once (``bilinear_weights``, from the offsets read a row
-   at a time by ``_kernel_point_rows``) and reused for every channel of the offset group.
-   To make that channel loop contiguous, the input is
-   first copied to channels-last order with a zero border one pixel wide (``_Plan.pad``), so
-   the four corners of a point are four contiguous runs of channels and no bounds check is
-   needed: the zero border *is* the zero padding.
-2. **GEMM** (NumPy's ``matmul``, i.e. BLAS): out = rows @ weightᵀ, one product per weight
-   group.  Rows are pixel-major, (N·H_out·W_out, C_in·kh·kw): a tall, thin product that BLAS
+   on the channel: they are computed once (``bilinear_weights``, at the point that
+   ``_sampling_point`` reads from the offsets) and reused for every channel of the offset
+   group.  To make that channel loop contiguous, the input is first copied to channels-last
+   order with a zero border one pixel wide (``layout.pad_channels_last``), so the four
+   corners of a point are four contiguous runs of channels and no bounds check is needed:
+   the zero border *is* the zero padding.
+2. **GEMM** (NumPy's ``matmul``, i.e. BLAS, through ``products.py``): product = rows @ weightᵀ,
+   one product per weight group.  Rows are pixel-major, (N·H_out·W_out, C_in·kh·kw): a tall, thin product that BLAS
    runs at full speed.
-3. Transpose the result back to (B, C_out, H_out, W_out) and add the bias.
+3. ``layout.product_to_output`` transposes the product into (B, C_out, H_out, W_out) and
+   adds the bias in the same pass.
 
 Backward reuses the same rows: grad_weight = Σ_chunks rowsᵀ @ grad_out (summed in a fixed
 order), then grad_rows = grad_out @ weight overwrites the rows buffer, and ``_row2im``
 scatters grad_rows to grad_input while reducing it, per sampling point, into grad_offset
 and grad_mask.
 
+What made it fast (measured on the 2-core development machine, one thread, 8 images of 64
+channels at 64×64; the three BLAS products are now about half of the time):
+
+* **Rows written and read from start to end.**  Both kernels walk the output pixels in the
+  outer loop and the kernel points in the inner one, so that each pixel's row (2.3 KB) is
+  one sequential stream.  Walked kernel point by kernel point instead, consecutive accesses
+  jump a whole row and the hardware prefetcher cannot follow: ``_row2im`` was 1.3x slower.
+* **Sums in the vector unit.**  ``_row2im``'s channel sums S_i run in the data's precision
+  (float32 for float32 data: twice the lanes of float64, no conversions) over one weight
+  group's channels, then add up in float64 across groups and corners (another 1.3x).
+* **Chunks that stay in the cache** (``chunks.py``): 1.3-1.4x, see below.
+* **Both cores in the products**: with BLAS on one thread (``minidcn/threads.py``), the
+  products run in pieces of rows on numba's number of threads (``products.py``).
+* **No NumPy transposes.**  The copies into channels-last order and back, and between the
+  product's (pixels × channels) layout and (B, C, H, W), are Numba loops that keep the
+  strided side in the L1 cache (``layout.py``); NumPy's transposing assignments took
+  1.1-2.2x as long at these sizes.
+
 Chunks.  The rows of B images can be large (C_in · kh · kw · H_out · W_out values per image),
 so images are processed in chunks whose scratch buffers (rows, the padded copies of input
 and grad_input, the GEMM output) fit in ``COLUMN_BUDGET_BYTES`` (64 MiB by default; change
-it with :func:`set_column_budget`).  The chunks are as few as the budget allows and of equal
-size (8 images that fit 5 at a time run as 4 + 4); an image larger than the budget is
-processed alone.
+it with :func:`set_column_budget`), and, within that bound, in ``chunks.CACHE_BYTES`` (but at
+least two images): the rows are then still in the cache when BLAS reads them back.  The
+chunks are of equal size (8 images that fit 5 at a time run as 4 + 4); an image larger than
+the budget is processed alone.
 
 Threads.  Every ``prange`` gives a thread outputs it owns: whole output rows in the im2col,
 a whole (image, offset group) in ``_row2im`` (its channels of grad_input, its channels of
 grad_offset and grad_mask).  Nothing is shared, every sum runs in a fixed order, so results
 are bitwise the same for any ``NUMBA_NUM_THREADS``.  The price: ``_row2im`` has only
 (images in the chunk) × G_off tasks, so a chunk of one image with one offset group runs it
-on one thread.
+on one thread (which is why a chunk holds two images where the budget allows).
 """
 
 from __future__ import annotations
@@ -50,6 +70,8 @@ from numba import njit, prange
 from .bilinear import bilinear_weights, corner_sum
 from .chunks import equal_chunks
 from .floating import REORDER
+from .layout import crop_channels_first, output_to_product, pad_channels_last, product_to_output
+from .products import matmul_rows, sum_of_products
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]  # set_column_budget: a knob, not a kernel
 
@@ -99,19 +121,19 @@ def _corner_runs(image, y0, x0, start):
 
 
 @njit(cache=True)
-def _kernel_point_rows(offset, mask, n, og, k, oy, geometry):
-    """Kernel point k of offset group og along output row oy of image n, as rows over ox.
+def _sampling_point(offset, mask, n, og, k, oy, ox, geometry):
+    """(y, x, m): where kernel point k of offset group og samples for output pixel (oy, ox)
+    of image n, and its mask value.
 
-    Output pixel (oy, ox) samples at (y + dy[ox], ox·s_w + x + dx[ox]) with mask value m[ox],
-    where y = oy s_h - p_h + i d_h and x = j d_w - p_w for k = i kw + j, and dy, dx are
-    offset channels og·2K + 2k and og·2K + 2k + 1.  Returns (dy, dx, m, y, x).  Reading
-    whole rows keeps the loops over ox on contiguous memory.
+    y = oy s_h - p_h + i d_h + dy and x = ox s_w - p_w + j d_w + dx for k = i kw + j, with
+    dy, dx the offset channels og·2K + 2k and og·2K + 2k + 1.
     """
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     points = kh * kw
     dy_channel = og * 2 * points + 2 * k
-    return (offset[n, dy_channel, oy], offset[n, dy_channel + 1, oy], mask[n, og * points + k, oy],
-            oy * sh - ph + (k // kw) * dh, (k % kw) * dw - pw)
+    return (oy * sh - ph + (k // kw) * dh + offset[n, dy_channel, oy, ox],
+            ox * sw - pw + (k % kw) * dw + offset[n, dy_channel + 1, oy, ox],
+            mask[n, og * points + k, oy, ox])
 
 
 @njit(cache=True, parallel=True)
@@ -125,8 +147,9 @@ def _im2row(xpad, offset, mask, rows, geometry):
         rows[n·P + p, g, k, c - g·C/groups] = m · Σ_i w_i · xpad[n, corner_i + 1, c]
 
     for the channels c of weight group g.  One thread per (image, output row); it walks the
-    kernel points in the outer loop and the output pixels of its row in the inner one, so
-    that the offsets and the mask are read along contiguous rows.
+    output pixels of its row in the outer loop and the kernel points in the inner one, so
+    that it writes each row from start to end (the offsets and the mask, read along 3·K
+    contiguous rows, are a small part of the traffic).
     """
     n_images, height, width, channels = xpad.shape[0], xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
     out_h, out_w = offset.shape[2], offset.shape[3]
@@ -135,20 +158,17 @@ def _im2row(xpad, offset, mask, rows, geometry):
     per_offset_group = channels // offset_groups
     per_group = rows.shape[3]
     cast = rows.dtype.type  # weights in the data's precision: float32 data stays float32
-    stride_x = geometry[3]
     for task in prange(n_images * out_h):
         n, oy = task // out_h, task % out_h
         image = xpad[n]
-        for og in range(offset_groups):
-            c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
-            for k in range(points):
-                dy, dx, m, y, x = _kernel_point_rows(offset, mask, n, og, k, oy, geometry)
-                for ox in range(out_w):
-                    inside, y0, x0, w, _, _ = bilinear_weights(y + dy[ox], ox * stride_x + x + dx[ox],
-                                                               height, width)
-                    w00, w01, w10, w11 = (cast(m[ox] * w[0]), cast(m[ox] * w[1]),
-                                          cast(m[ox] * w[2]), cast(m[ox] * w[3]))
-                    row = rows[task * out_w + ox]
+        for ox in range(out_w):
+            row = rows[task * out_w + ox]
+            for og in range(offset_groups):
+                c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
+                for k in range(points):
+                    y, x, m = _sampling_point(offset, mask, n, og, k, oy, ox, geometry)
+                    inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
+                    w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
                     for g in range(c_lo // per_group, (c_hi - 1) // per_group + 1):
                         start, count = _channel_run(g, c_lo, c_hi, per_group)
                         out = row[g, k, start - g * per_group:]
@@ -176,14 +196,16 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
         grad_mask[n, (g, k), p]         =     Σ_i w_i S_i
 
     One thread per (image, offset group): it alone writes that group's channels of
-    grad_xpad[n] (which must start at zero) and its channels of grad_offset / grad_mask.
-    The sums S_i over channels are float64 and compiled with the REORDER licences, so they
-    use the vector unit; their order is fixed at compile time (see ``floating.py``).
+    grad_xpad[n] (which must start at zero) and its channels of grad_offset / grad_mask.  It
+    walks the output pixels in order and, for each, its kernel points, so grad_rows is read
+    from start to end (see the module docstring).
+    The sums S_i run in the data's precision over each weight group's channels, then add up
+    in float64; they are compiled with the REORDER licences, so they use the vector unit, and
+    their order is fixed at compile time (see ``floating.py``).
     """
     n_images, height, width = xpad.shape[0], xpad.shape[1] - 2, xpad.shape[2] - 2
     out_h, out_w = offset.shape[2], offset.shape[3]
     points = geometry[0] * geometry[1]
-    stride_x = geometry[3]
     offset_groups = offset.shape[1] // (2 * points)
     per_offset_group = xpad.shape[3] // offset_groups
     per_group = grad_rows.shape[3]
@@ -193,26 +215,25 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
         c_lo, c_hi = og * per_offset_group, (og + 1) * per_offset_group
         image, grad_image = xpad[n], grad_xpad[n]
         for oy in range(out_h):
-            for k in range(points):
-                dy, dx, m, y, x = _kernel_point_rows(offset, mask, n, og, k, oy, geometry)
-                dy_channel = og * 2 * points + 2 * k
-                for ox in range(out_w):
-                    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(
-                        y + dy[ox], ox * stride_x + x + dx[ox], height, width)
+            for ox in range(out_w):
+                row = grad_rows[(n * out_h + oy) * out_w + ox]
+                for k in range(points):
+                    y, x, m = _sampling_point(offset, mask, n, og, k, oy, ox, geometry)
+                    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
                     s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
                     if inside:
-                        g00, g01, g10, g11 = (cast(m[ox] * w[0]), cast(m[ox] * w[1]),
-                                              cast(m[ox] * w[2]), cast(m[ox] * w[3]))
-                        row = grad_rows[(n * out_h + oy) * out_w + ox]
+                        g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
                         for g in range(c_lo // per_group, (c_hi - 1) // per_group + 1):
                             start, count = _channel_run(g, c_lo, c_hi, per_group)
                             grad = row[g, k, start - g * per_group:]
                             v00, v01, v10, v11 = _corner_runs(image, y0, x0, start)
+                            r00, r01, r10, r11 = cast(0.0), cast(0.0), cast(0.0), cast(0.0)
                             for t in range(count):
-                                s00 += grad[t] * v00[t]
-                                s01 += grad[t] * v01[t]
-                                s10 += grad[t] * v10[t]
-                                s11 += grad[t] * v11[t]
+                                r00 += grad[t] * v00[t]
+                                r01 += grad[t] * v01[t]
+                                r10 += grad[t] * v10[t]
+                                r11 += grad[t] * v11[t]
+                            s00, s01, s10, s11 = s00 + r00, s01 + r01, s10 + r10, s11 + r11
                             a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, start)
                             for t in range(count):
                                 a00[t] += g00 * grad[t]
@@ -220,8 +241,9 @@ def _row2im(xpad, offset, mask, has_mask, grad_rows, grad_xpad, grad_offset, gra
                                 a10[t] += g10 * grad[t]
                                 a11[t] += g11 * grad[t]
                     s = (s00, s01, s10, s11)
-                    grad_offset[n, dy_channel, oy, ox] = m[ox] * corner_sum(w_dy, s)
-                    grad_offset[n, dy_channel + 1, oy, ox] = m[ox] * corner_sum(w_dx, s)
+                    dy_channel = og * 2 * points + 2 * k
+                    grad_offset[n, dy_channel, oy, ox] = m * corner_sum(w_dy, s)
+                    grad_offset[n, dy_channel + 1, oy, ox] = m * corner_sum(w_dx, s)
                     if has_mask:
                         grad_mask[n, og * points + k, oy, ox] = corner_sum(w, s)
 
@@ -250,6 +272,7 @@ class _Plan:
         self.chunk = self.chunk_bounds[0][1]  # images in the first chunk, the largest
         self.rows = np.empty((self.chunk * self.pixels, groups, self.points, self.per_group), x.dtype)
         self.xpad = np.zeros((self.chunk, self.height + 2, self.width + 2, self.channels), x.dtype)
+        self.product = np.empty((groups, self.chunk * self.pixels, self.out_channels // groups), x.dtype)
 
     def chunks(self):
         """(first image, end image) of each chunk, in order."""
@@ -258,13 +281,16 @@ class _Plan:
     def pad(self, x, start, end):
         """The chunk's input, channels-last inside the zero border of ``self.xpad``."""
         xpad = self.xpad[: end - start]
-        xpad[:, 1:-1, 1:-1, :] = x[start:end].transpose(0, 2, 3, 1)
+        pad_channels_last(x[start:end], (1, 1), xpad)
         return xpad
 
-    def group_columns(self, flat, g):
-        """The block of a (M, groups·width) matrix that belongs to weight group g."""
-        width = flat.shape[1] // self.groups
-        return flat[:, g * width:(g + 1) * width]
+    def by_group(self, rows):
+        """rows as (groups, M, K·C_in/groups): a view, one GEMM operand per weight group."""
+        return rows.reshape(rows.shape[0], self.groups, -1).transpose(1, 0, 2)
+
+    def flat(self, a):
+        """An (n, C_out, H_out, W_out) array as (n, C_out, H_out·W_out): a view."""
+        return a.reshape(a.shape[0], self.out_channels, self.pixels)
 
 
 def _mask_args(mask, offset):
@@ -281,19 +307,15 @@ def deform_conv2d_forward(x, offset, mask, weight, bias, stride, padding, dilati
     x, offset, weight = np.ascontiguousarray(x), np.ascontiguousarray(offset), np.ascontiguousarray(weight)
     mask, _ = _mask_args(mask, offset)
     plan = _Plan(x, offset, weight, stride, padding, dilation, groups, need_grad_input=False)
-    y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
-    out = np.empty((plan.chunk * plan.pixels, plan.out_channels), dtype=x.dtype)
+    bias = np.zeros(plan.out_channels, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
+    y = np.empty((plan.batch, plan.out_channels, plan.out_h, plan.out_w), dtype=x.dtype)
     for start, end in plan.chunks():
         size = (end - start) * plan.pixels
-        rows = plan.rows[:size]
+        rows, product = plan.rows[:size], plan.product[:, :size]
         _im2row(plan.pad(x, start, end), offset[start:end], mask[start:end], rows, plan.geometry)
-        flat_rows, flat_out = rows.reshape(size, -1), out[:size]
-        for g in range(groups):
-            np.matmul(plan.group_columns(flat_rows, g), plan.weight_t[g], out=plan.group_columns(flat_out, g))
-        y[start:end] = flat_out.reshape(end - start, plan.pixels, plan.out_channels).transpose(0, 2, 1)
-    if bias is not None:
-        y += np.asarray(bias, dtype=x.dtype)[:, None]
-    return y.reshape(plan.batch, plan.out_channels, plan.out_h, plan.out_w)
+        matmul_rows(plan.by_group(rows), plan.weight_t, product)
+        product_to_output(product, bias, plan.flat(y[start:end]))
+    return y
 
 
 def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dilation, groups, offset_groups):
@@ -307,24 +329,21 @@ def deform_conv2d_backward(grad_y, x, offset, mask, weight, stride, padding, dil
     grad_mask = np.empty(mask.shape if has_mask else (0, 0, 0, 0), x.dtype)  # unused without a mask
     grad_weight_t = np.zeros_like(plan.weight_t)
     grad_xpad = np.empty_like(plan.xpad)
-    grad_out = np.empty((plan.chunk * plan.pixels, plan.out_channels), dtype=x.dtype)
+    w = plan.weight_t.transpose(0, 2, 1)  # (groups, C_out/groups, K·C_in/groups)
     for start, end in plan.chunks():
         size = (end - start) * plan.pixels
-        rows = plan.rows[:size]
+        rows, grad_product = plan.rows[:size], plan.product[:, :size]
         xpad = plan.pad(x, start, end)
         _im2row(xpad, offset[start:end], mask[start:end], rows, plan.geometry)
-        flat_rows, flat_grad = rows.reshape(size, -1), grad_out[:size]
-        flat_grad.reshape(end - start, plan.pixels, -1)[...] = (
-            grad_y[start:end].reshape(end - start, plan.out_channels, plan.pixels).transpose(0, 2, 1))
-        for g in range(groups):
-            rows_g, grad_g = plan.group_columns(flat_rows, g), plan.group_columns(flat_grad, g)
-            grad_weight_t[g] += rows_g.T @ grad_g
-            np.matmul(grad_g, plan.weight_t[g].T, out=rows_g)  # rows now hold grad_rows
+        output_to_product(plan.flat(grad_y[start:end]), grad_product)
+        by_group = plan.by_group(rows)
+        grad_weight_t += sum_of_products(by_group, grad_product)
+        matmul_rows(grad_product, w, by_group)  # rows now hold grad_rows
         chunk_grad_xpad = grad_xpad[: end - start]
         chunk_grad_xpad.fill(0)
         _row2im(xpad, offset[start:end], mask[start:end], has_mask, rows, chunk_grad_xpad,
                 grad_offset[start:end], grad_mask[start:end], plan.geometry)
-        grad_x[start:end] = chunk_grad_xpad[:, 1:-1, 1:-1, :].transpose(0, 3, 1, 2)
+        crop_channels_first(chunk_grad_xpad, (1, 1), grad_x[start:end])
     kh, kw = plan.geometry[:2]
     grad_weight = (grad_weight_t.reshape(groups, kh, kw, plan.per_group, -1)
                    .transpose(0, 4, 3, 1, 2).reshape(weight.shape))
