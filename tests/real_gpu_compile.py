@@ -102,6 +102,10 @@ def _workload(dtype) -> None:
     grad_of(F.deform_roi_pool(x, rois, roi_offset, (2, 2), mask=t(2, 1, 2, 2)))
     grad_of(F.deform_roi_pool(x, rois, roi_offset, (2, 2)))
     grad_of(F.deform_ps_roi_pool(t(2, 8, 6, 6), rois, roi_offset, (2, 2)))
+    x_last = t(2, 5, 6, 4)  # channels-last (N, H, W, group * D)
+    grad_of(F.dcnv3(x_last, t(2, 5, 6, 2 * 9 * 2, scale=0.7), t(2, 5, 6, 2 * 9), group=2))
+    grad_of(F.dcnv4(x_last, t(2, 5, 6, 2 * 3 * 8 + 2, scale=0.7), group=2, remove_center=True,
+                    softmax=True))
     grad_of(F.group_norm(x, 2, t(4), t(4)))
     running = [Tensor(np.zeros(4, dtype=dtype)).to("cuda"), Tensor(np.ones(4, dtype=dtype)).to("cuda")]
     grad_of(F.batch_norm(x, running[0], running[1], t(4), t(4), training=True))

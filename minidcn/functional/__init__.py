@@ -16,3 +16,4 @@ from .bilinear import *  # noqa: F401,F403  bilinear_kernel, bilinear_sample
 from .deform_conv import *  # noqa: F401,F403  deform_conv2d, sampling_locations
 from .roi import *  # noqa: F401,F403  roi_pool, roi_align, deform_roi_pool, deform_ps_roi_pool
 from .norm import *  # noqa: F401,F403  group_norm, batch_norm, layer_norm, instance_norm
+from .dcnv3 import *  # noqa: F401,F403  dcnv3, dcnv4

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["REORDER"]
 
 REORDER = {"reassoc", "contract", "nsz"}
-"""The floating-point licences of the summing loops (numba ``fastmath``): norm, deform_conv.
+"""The floating-point licences of the summing loops (numba ``fastmath``): norm, deform_conv, dcnv3.
 
 A sum ``s += p[i]`` written as a loop must, by IEEE rules, add the values one after the
 other; each addition waits for the previous one and the vector unit sits idle.

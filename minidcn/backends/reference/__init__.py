@@ -6,3 +6,4 @@ from .bilinear import *  # noqa: F401,F403
 from .deform_conv import *  # noqa: F401,F403
 from .roi_pool import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403
+from .dcnv3 import *  # noqa: F401,F403

@@ -1,0 +1,257 @@
+"""DCNv3 and DCNv4 cores with Numba loops (numba_cpu backend).
+
+The formula and the layouts are in ``backends/reference/dcnv3.py``:
+
+    out[n, oy, ox, g·D + c] = Σ_p m_p · x[n, :, :, g·D + c](y_p, x_p),
+
+point p of group g read by bilinear sampling at the location its (dx, dy) offset gives.
+
+What makes it fast:
+
+* **Channels-last, padded.**  The input is copied once into (N, H+2, W+2, C) with a zero
+  border one pixel wide (the zero padding of bilinear sampling, so no bounds checks), and
+  a group's D channels of a corner are one contiguous run.  The four corners of a point are
+  four runs; the inner loop over c reads them (and out, grad_out, grad_x) with unit stride,
+  and numba compiles it to vector instructions.
+* **Weights once per point.**  The location, the corner, the four bilinear weights (times
+  the modulation scalar) and their slopes depend on (image, output pixel, group, point), not
+  on the channel: they are computed once (``formulas/dcnv3.py`` for the geometry,
+  ``formulas/bilinear.py`` for the weights) and reused for the group's D channels.
+* **No scratch columns.**  There is no weight to multiply, so no im2col: each output value is
+  summed in place over the P points.
+* **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
+  layout (offset channel g·og + 2p for dx and the next for dy, modulation channel
+  g·mg + ms + p): (2P, P, 0) over DCNv3's two tensors, (3P, 3P, 2P) over DCNv4's single
+  offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
+  array, so its padding channels (from G·3P on) keep gradient 0.
+
+Threads and determinism.  The forward pass gives each thread whole output rows (image n,
+row oy): it alone writes out[n, oy].  The backward pass scatters into grad_x, so a thread
+owns an (image, group): grad_x[n, :, :, g·D:(g+1)·D] and the group's offset and modulation
+gradients are written by that thread alone.  Every sum runs in an order fixed at compile
+time, so the results are bitwise the same for any number of threads.  The price: backward
+has N·G tasks, so one image with one group runs on one thread.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ..formulas import dcnv3 as formulas
+from ..formulas import for_cpu
+from .bilinear import bilinear_weights, corner_sum
+from .floating import REORDER
+
+__all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
+
+sampling_location = for_cpu(formulas.sampling_location)
+softmax_stats = for_cpu(formulas.softmax_stats)
+
+
+@njit(cache=True)
+def _corner_runs(image, y0, x0, start):
+    """Channels start, start+1, ... of the four corners of (y0, x0) as 1-D views, in the order
+    (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1); ``image`` is (H+2, W+2, C) with its zero
+    border, pixel (y, x) at image[y + 1, x + 1].  Views indexed from 0 have no negative index
+    to wrap around, so the loops over them vectorise."""
+    top, bottom = image[y0 + 1], image[y0 + 2]
+    return top[x0 + 1, start:], top[x0 + 2, start:], bottom[x0 + 1, start:], bottom[x0 + 2, start:]
+
+
+@njit(cache=True)
+def _modulation(row, channel, softmax, top, total):
+    """The modulation scalar of one point: the raw value, or exp(l - top) / total."""
+    return math.exp(row[channel] - top) / total if softmax else row[channel]
+
+
+@njit(cache=True, parallel=True)
+def _forward(xpad, offset, mask, layout, softmax, geometry, scale, group, remove_center, out):
+    """out[n, oy, ox, g·D + c] = Σ_p Σ_i (m_p w_i) · xpad[n, q_i + 1, g·D + c]; one thread per
+    output row (n, oy).  ``layout`` = (og, mg, ms): see the module docstring."""
+    height, width, channels = xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
+    out_h, out_w = out.shape[1], out.shape[2]
+    kh, kw = geometry[0], geometry[1]
+    points = kh * kw - (1 if remove_center else 0)
+    per_group = channels // group
+    og, mg, ms = layout
+    cast = out.dtype.type  # weights in the data's precision: float32 data stays float32
+    for task in prange(out.shape[0] * out_h):
+        n, oy = task // out_h, task % out_h
+        image = xpad[n]
+        for ox in range(out_w):
+            offsets, modulation, pixel = offset[n, oy, ox], mask[n, oy, ox], out[n, oy, ox]
+            pixel[:] = 0.0
+            for g in range(group):
+                top, total = 0.0, 1.0
+                if softmax:
+                    top, total = softmax_stats(modulation, g * mg + ms, points)
+                acc = pixel[g * per_group:]
+                p = -1
+                for i in range(kw):  # kernel point p = (column i, row j), x-major
+                    for j in range(kh):
+                        if remove_center and i == kw // 2 and j == kh // 2:
+                            continue
+                        p += 1
+                        y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
+                                                 offsets[g * og + 2 * p + 1], geometry, scale)
+                        inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
+                        if not inside:  # skip the reads: 0 · inf would be NaN
+                            continue
+                        m = _modulation(modulation, g * mg + ms + p, softmax, top, total)
+                        w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+                        v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
+                        for c in range(per_group):
+                            acc[c] += w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c]
+
+
+@njit(cache=True, parallel=True, fastmath=REORDER)
+def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remove_center,
+              grad_out, grad_xpad, grad_offset, grad_mask):
+    """The adjoint of ``_forward``; one thread per (image n, group g).
+
+    For point p of output pixel (oy, ox), with weights w_i (slopes w_dy_i, w_dx_i) of its
+    corners q_i, modulation m and G_c = grad_out[n, oy, ox, g·D + c]:
+
+        grad_xpad[n, q_i + 1, g·D + c] += m w_i G_c                (the scatter)
+        S_i = Σ_c G_c x_c(q_i)                                    (the gradient reaching corner i)
+        grad_offset[dx of (g, p)] = s m Σ_i w_dx_i S_i,  [dy of (g, p)] = s m Σ_i w_dy_i S_i
+        grad_mask[(g, p)]         = Σ_i w_i S_i
+
+    then, with softmax, grad_mask[(g, p)] <- m_p (grad_mask[(g, p)] - Σ_q m_q grad_mask[(g, q)])
+    in place.  grad_xpad must start at zero.  The sums S_i are float64, vectorised under the
+    REORDER licences, in an order fixed at compile time (see ``floating.py``).
+    """
+    height, width, channels = xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    kh, kw = geometry[0], geometry[1]
+    points = kh * kw - (1 if remove_center else 0)
+    per_group = channels // group
+    og, mg, ms = layout
+    cast = xpad.dtype.type
+    for task in prange(grad_out.shape[0] * group):
+        n, g = task // group, task % group
+        image, grad_image = xpad[n], grad_xpad[n]
+        first_offset, first_mask = g * og, g * mg + ms
+        for oy in range(out_h):
+            for ox in range(out_w):
+                offsets, modulation = offset[n, oy, ox], mask[n, oy, ox]
+                grad = grad_out[n, oy, ox, g * per_group:]
+                grad_offsets, grad_modulation = grad_offset[n, oy, ox], grad_mask[n, oy, ox]
+                top, total = 0.0, 1.0
+                if softmax:
+                    top, total = softmax_stats(modulation, first_mask, points)
+                p = -1
+                for i in range(kw):  # kernel point p = (column i, row j), x-major
+                    for j in range(kh):
+                        if remove_center and i == kw // 2 and j == kh // 2:
+                            continue
+                        p += 1
+                        y, x = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
+                                                 offsets[first_offset + 2 * p + 1], geometry, scale)
+                        inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
+                        m = _modulation(modulation, first_mask + p, softmax, top, total)
+                        s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
+                        if inside:
+                            v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
+                            for c in range(per_group):
+                                s00 += grad[c] * v00[c]
+                                s01 += grad[c] * v01[c]
+                                s10 += grad[c] * v10[c]
+                                s11 += grad[c] * v11[c]
+                            g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
+                            a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, g * per_group)
+                            for c in range(per_group):
+                                a00[c] += g00 * grad[c]
+                                a01[c] += g01 * grad[c]
+                                a10[c] += g10 * grad[c]
+                                a11[c] += g11 * grad[c]
+                        s = (s00, s01, s10, s11)
+                        grad_offsets[first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
+                        grad_offsets[first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
+                        grad_modulation[first_mask + p] = corner_sum(w, s)
+                if softmax:
+                    dot = 0.0
+                    for p in range(points):
+                        m = _modulation(modulation, first_mask + p, softmax, top, total)
+                        dot += m * grad_modulation[first_mask + p]
+                    for p in range(points):
+                        m = _modulation(modulation, first_mask + p, softmax, top, total)
+                        grad_modulation[first_mask + p] = m * (grad_modulation[first_mask + p] - dot)
+
+
+# ----------------------------------------------------------------------------- host side
+def _padded(x):
+    """x (N, H, W, C) inside a zero border one pixel wide: (N, H+2, W+2, C)."""
+    xpad = np.zeros((x.shape[0], x.shape[1] + 2, x.shape[2] + 2, x.shape[3]), x.dtype)
+    xpad[:, 1:-1, 1:-1] = x
+    return xpad
+
+
+def _points(kernel_size, remove_center):
+    return kernel_size[0] * kernel_size[1] - int(remove_center)
+
+
+def _run_forward(x, offset, mask, layout, softmax, out_size, kernel_size, stride, padding,
+                 dilation, group, offset_scale, remove_center):
+    geometry = (*kernel_size, *stride, *padding, *dilation)
+    out = np.empty((x.shape[0], *out_size, x.shape[3]), x.dtype)
+    _forward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
+             bool(remove_center), out)
+    return out
+
+
+def _run_backward(grad_out, x, offset, mask, layout, softmax, grad_offset, grad_mask, kernel_size,
+                  stride, padding, dilation, group, offset_scale, remove_center):
+    geometry = (*kernel_size, *stride, *padding, *dilation)
+    grad_xpad = np.zeros((x.shape[0], x.shape[1] + 2, x.shape[2] + 2, x.shape[3]), x.dtype)
+    _backward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
+              bool(remove_center), np.ascontiguousarray(grad_out, dtype=x.dtype), grad_xpad,
+              grad_offset, grad_mask)
+    return np.ascontiguousarray(grad_xpad[:, 1:-1, 1:-1])
+
+
+def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group, offset_scale,
+                  remove_center):
+    """out (N, H_out, W_out, G·D) = Σ_p m_p x(y_p, x_p) per group (see the module docstring)."""
+    x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
+    points = _points(kernel_size, remove_center)
+    return _run_forward(x, offset, mask, (2 * points, points, 0), False, offset.shape[1:3],
+                        kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
+
+
+def dcnv3_backward(grad_out, x, offset, mask, kernel_size, stride, padding, dilation, group,
+                   offset_scale, remove_center):
+    """(grad_x, grad_offset, grad_mask) of L = Σ grad_out · out."""
+    x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
+    points = _points(kernel_size, remove_center)
+    grad_offset, grad_mask = np.empty_like(offset), np.empty_like(mask)
+    grad_x = _run_backward(grad_out, x, offset, mask, (2 * points, points, 0), False, grad_offset,
+                           grad_mask, kernel_size, stride, padding, dilation, group, offset_scale,
+                           remove_center)
+    return grad_x, grad_offset, grad_mask
+
+
+def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group, offset_scale,
+                  remove_center, softmax):
+    """DCNv3's sum, offsets and modulation read from offset_mask's 3P-channel group blocks."""
+    x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
+    points = _points(kernel_size, remove_center)
+    return _run_forward(x, offset_mask, offset_mask, (3 * points, 3 * points, 2 * points),
+                        bool(softmax), offset_mask.shape[1:3], kernel_size, stride, padding,
+                        dilation, group, offset_scale, remove_center)
+
+
+def dcnv4_backward(grad_out, x, offset_mask, kernel_size, stride, padding, dilation, group,
+                   offset_scale, remove_center, softmax):
+    """(grad_x, grad_offset_mask); the padding channels from G·3P on get 0."""
+    x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
+    points = _points(kernel_size, remove_center)
+    grad_offset_mask = np.zeros_like(offset_mask)  # one array: offsets and modulation
+    grad_x = _run_backward(grad_out, x, offset_mask, offset_mask,
+                           (3 * points, 3 * points, 2 * points), bool(softmax), grad_offset_mask,
+                           grad_offset_mask, kernel_size, stride, padding, dilation, group,
+                           offset_scale, remove_center)
+    return grad_x, grad_offset_mask
