@@ -17,7 +17,6 @@ import pytest
 
 import minidcn
 from minidcn import Tensor, nn
-from minidcn import functional as F
 from tests.helpers import host, on
 
 rng = np.random.default_rng

@@ -27,7 +27,7 @@ import minidcn
 from minidcn import Tensor
 from minidcn import functional as F
 from minidcn.backends import numba_cpu, reference
-from helpers import gradcheck_on, host, on, run, tensors
+from helpers import gradcheck_on, host, on, tensors
 
 msda = F.multi_scale_deform_attn
 # The module of the same name (the package exports the function under the module's name).
@@ -294,8 +294,8 @@ def test_spatial_shapes_may_be_a_list_or_any_integer_array_and_the_op_keeps_a_co
         givens.append(torch.tensor(shapes))  # a torch long tensor reads as an int64 array
     except ImportError:
         pass
-    for given in givens:
-        got = forward_and_grads("numba", value, given, locations, weights, g)
+    for shapes_as_given in givens:
+        got = forward_and_grads("numba", value, shapes_as_given, locations, weights, g)
         for e, r in zip(expected, got):
             np.testing.assert_array_equal(r, e)
     mine = shapes.copy()
