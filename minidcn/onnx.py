@@ -228,6 +228,10 @@ def _permute(g, node, a):
     return g.node("Transpose", [a], perm=[int(d) for d in node.params["dims"]])
 
 
+def _cat(g, node, *parts):
+    return g.node("Concat", list(parts), axis=int(node.params["dim"]))
+
+
 def _split_rois(g, rois):
     """(K, 5) rows [batch_index, x1, y1, x2, y2] -> boxes (K, 4) and int64 indices (K,)."""
     boxes = g.node("Slice", [rois, g.constant(np.array([1], np.int64), "starts"),
@@ -257,12 +261,13 @@ def _roi_pool(g, node, x):
 CONVERTERS = {
     "Conv2d": _conv, "DeformConv2d": _deform_conv, "MatMul": _binary("MatMul"),
     "ReLU": _unary("Relu"), "Sigmoid": _unary("Sigmoid"), "Tanh": _unary("Tanh"),
-    "LogSoftmax": _log_softmax, "Softmax": _softmax, "GELU": _gelu, "MaxPool2d": _max_pool, "AvgPool2d": _avg_pool,
+    "LogSoftmax": _log_softmax, "Softmax": _softmax, "GELU": _gelu,
+    "MaxPool2d": _max_pool, "AvgPool2d": _avg_pool,
     "GroupNorm": _group_norm, "BatchNorm": _batch_norm,
     "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"),
     "Div": _binary("Div"), "Pow": _binary("Pow"), "Neg": _unary("Neg"),
     "Exp": _unary("Exp"), "Log": _unary("Log"), "Cast": _cast,
-    "Sum": _sum, "Reshape": _reshape, "Permute": _permute,
+    "Sum": _sum, "Reshape": _reshape, "Permute": _permute, "Cat": _cat,
     "RoIAlign": _roi_align, "RoIPool": _roi_pool,
 }
 MAPPED_OPS = tuple(sorted(CONVERTERS))

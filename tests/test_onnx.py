@@ -213,6 +213,23 @@ def test_gelu_softmax_and_channels_last_layer_norm_run_in_onnx_runtime(tmp_path)
     assert {"Erf", "Softmax", "ReduceMean"} <= exported
 
 
+def test_cat_runs_in_onnx_runtime_as_concat(tmp_path):
+    """Lesson 12 joins its pyramid's levels with F.cat; three parts of unequal size, so a
+    Concat on the wrong axis or in the wrong order would not match."""
+    rng = np.random.default_rng(4)
+    layer = nn.Linear(4, 4)
+    randomise(layer, rng)
+
+    def model(x, y):
+        return F.cat([layer(x), F.relu(y), y * 2.0], dim=1)
+
+    x = rng.normal(size=(2, 2, 4)).astype(np.float32)
+    y = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    path = tmp_path / "cat.onnx"
+    assert onnx_vs_minidcn(model, (x, y), path) <= TOLERANCE
+    assert "Concat" in {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
 def test_the_modern_deformable_ops_are_refused_by_name(tmp_path):
     """dcnv3, dcnv4 and multi_scale_deform_attn have no ONNX operator: NotImplementedError
     naming the op, and nothing written."""
