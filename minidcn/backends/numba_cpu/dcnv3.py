@@ -51,17 +51,42 @@ sampling_location = for_cpu(formulas.sampling_location)
 softmax_stats = for_cpu(formulas.softmax_stats)
 
 
-@njit(cache=True)
-def _corner_runs(image, y0, x0, start):
-    """Channels start, start+1, ... of the four corners of (y0, x0) as 1-D views, in the order
-    (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1); ``image`` is (H+2, W+2, C) with its zero
-    border, pixel (y, x) at image[y + 1, x + 1].  Views indexed from 0 have no negative index
-    to wrap around, so the loops over them vectorise."""
-    top, bottom = image[y0 + 1], image[y0 + 2]
-    return top[x0 + 1, start:], top[x0 + 2, start:], bottom[x0 + 1, start:], bottom[x0 + 2, start:]
+@njit(cache=True, inline="always")
+def _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale, remove_center,
+          height, width, channels, corner, w, w_dy, w_dx, m):
+    """The sampling of group g's P points at output pixel (oy, ox), for the channel loops.
+
+    Fills, per point p: ``corner[p]``, the flat index (in the padded image of one picture,
+    (H+2)·(W+2)·C values) of channel g·D of its top-left neighbour (y0, x0), or -1 outside
+    the band; ``w[p]``, ``w_dy[p]``, ``w_dx[p]``, the four bilinear weights and their
+    slopes (``formulas/bilinear.py``); ``m[p]``, its modulation scalar.  Compiled without
+    fastmath, even when called from the backward pass: the locations, and so the side of
+    a pixel-integer position a point falls on, are rounded exactly as in the forward pass
+    and the reference.
+    """
+    kh, kw = geometry[0], geometry[1]
+    og, mg, ms = layout
+    points = corner.shape[0]
+    row = (width + 2) * channels
+    top, total = 0.0, 1.0
+    if softmax:
+        top, total = softmax_stats(modulation, g * mg + ms, points)
+    p = -1
+    for i in range(kw):  # kernel point p = (column i, row j), x-major
+        for j in range(kh):
+            if remove_center and i == kw // 2 and j == kh // 2:
+                continue
+            p += 1
+            y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
+                                     offsets[g * og + 2 * p + 1], geometry, scale)
+            inside, y0, x0, wp, wy, wx = bilinear_weights(y, x, height, width)
+            m[p] = _modulation(modulation, g * mg + ms + p, softmax, top, total)
+            corner[p] = (y0 + 1) * row + (x0 + 1) * channels if inside else -1
+            for k in range(4):
+                w[p, k], w_dy[p, k], w_dx[p, k] = wp[k], wy[k], wx[k]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _modulation(row, channel, softmax, top, total):
     """The modulation scalar of one point: the raw value, or exp(l - top) / total."""
     return math.exp(row[channel] - top) / total if softmax else row[channel]
@@ -73,41 +98,36 @@ def _forward(xpad, offset, mask, layout, softmax, geometry, scale, group, remove
     output row (n, oy).  ``layout`` = (og, mg, ms): see the module docstring."""
     height, width, channels = xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
     out_h, out_w = out.shape[1], out.shape[2]
-    kh, kw = geometry[0], geometry[1]
-    points = kh * kw - (1 if remove_center else 0)
+    points = geometry[0] * geometry[1] - (1 if remove_center else 0)
     per_group = channels // group
-    og, mg, ms = layout
+    row = (width + 2) * channels
     cast = out.dtype.type  # weights in the data's precision: float32 data stays float32
     for task in prange(out.shape[0] * out_h):
         n, oy = task // out_h, task % out_h
-        image = xpad[n]
+        image = xpad[n].reshape(-1)
+        corner = np.empty(points, np.int64)
+        w, w_dy, w_dx = np.empty((points, 4)), np.empty((points, 4)), np.empty((points, 4))
+        m = np.empty(points)
         for ox in range(out_w):
             offsets, modulation, pixel = offset[n, oy, ox], mask[n, oy, ox], out[n, oy, ox]
             pixel[:] = 0.0
             for g in range(group):
-                top, total = 0.0, 1.0
-                if softmax:
-                    top, total = softmax_stats(modulation, g * mg + ms, points)
-                acc = pixel[g * per_group:]
-                p = -1
-                for i in range(kw):  # kernel point p = (column i, row j), x-major
-                    for j in range(kh):
-                        if remove_center and i == kw // 2 and j == kh // 2:
-                            continue
-                        p += 1
-                        y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
-                                                 offsets[g * og + 2 * p + 1], geometry, scale)
-                        inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
-                        if not inside:  # skip the reads: 0 · inf would be NaN
-                            continue
-                        m = _modulation(modulation, g * mg + ms + p, softmax, top, total)
-                        w00, w01, w10, w11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
-                        v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
-                        for c in range(per_group):
-                            acc[c] += w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c]
+                _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale,
+                      remove_center, height, width, channels, corner, w, w_dy, w_dx, m)
+                acc = pixel[g * per_group:(g + 1) * per_group]
+                for p in range(points):
+                    if corner[p] < 0:  # skip the reads: 0 · inf would be NaN
+                        continue
+                    b = corner[p] + g * per_group
+                    w00, w01 = cast(m[p] * w[p, 0]), cast(m[p] * w[p, 1])
+                    w10, w11 = cast(m[p] * w[p, 2]), cast(m[p] * w[p, 3])
+                    v00, v01 = image[b:b + per_group], image[b + channels:b + channels + per_group]
+                    v10, v11 = image[b + row:b + row + per_group], image[b + row + channels:b + row + channels + per_group]
+                    for c in range(per_group):
+                        acc[c] += w00 * v00[c] + w01 * v01[c] + w10 * v10[c] + w11 * v11[c]
 
 
-@njit(cache=True, parallel=True, fastmath=REORDER)
+@njit(cache=True, parallel=True)
 def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remove_center,
               grad_out, grad_xpad, grad_offset, grad_mask):
     """The adjoint of ``_forward``; one thread per (image n, group g).
@@ -121,65 +141,83 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
         grad_mask[(g, p)]         = Σ_i w_i S_i
 
     then, with softmax, grad_mask[(g, p)] <- m_p (grad_mask[(g, p)] - Σ_q m_q grad_mask[(g, q)])
-    in place.  grad_xpad must start at zero.  The sums S_i are float64, vectorised under the
-    REORDER licences, in an order fixed at compile time (see ``floating.py``).
+    in place.  grad_xpad must start at zero.  The sums S_i are in the data's precision,
+    vectorised under the REORDER licences, in an order fixed at compile time (see
+    ``floating.py``).
     """
     height, width, channels = xpad.shape[1] - 2, xpad.shape[2] - 2, xpad.shape[3]
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    kh, kw = geometry[0], geometry[1]
-    points = kh * kw - (1 if remove_center else 0)
+    points = geometry[0] * geometry[1] - (1 if remove_center else 0)
     per_group = channels // group
+    row = (width + 2) * channels
     og, mg, ms = layout
     cast = xpad.dtype.type
     for task in prange(grad_out.shape[0] * group):
         n, g = task // group, task % group
-        image, grad_image = xpad[n], grad_xpad[n]
+        image, grad_image = xpad[n].reshape(-1), grad_xpad[n].reshape(-1)
         first_offset, first_mask = g * og, g * mg + ms
+        corner = np.empty(points, np.int64)
+        w, w_dy, w_dx = np.empty((points, 4)), np.empty((points, 4)), np.empty((points, 4))
+        m = np.empty(points)
         for oy in range(out_h):
             for ox in range(out_w):
                 offsets, modulation = offset[n, oy, ox], mask[n, oy, ox]
-                grad = grad_out[n, oy, ox, g * per_group:]
+                grad = grad_out[n, oy, ox, g * per_group:(g + 1) * per_group]
                 grad_offsets, grad_modulation = grad_offset[n, oy, ox], grad_mask[n, oy, ox]
-                top, total = 0.0, 1.0
-                if softmax:
-                    top, total = softmax_stats(modulation, first_mask, points)
-                p = -1
-                for i in range(kw):  # kernel point p = (column i, row j), x-major
-                    for j in range(kh):
-                        if remove_center and i == kw // 2 and j == kh // 2:
-                            continue
-                        p += 1
-                        y, x = sampling_location(oy, ox, i, j, offsets[first_offset + 2 * p],
-                                                 offsets[first_offset + 2 * p + 1], geometry, scale)
-                        inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
-                        m = _modulation(modulation, first_mask + p, softmax, top, total)
-                        s00, s01, s10, s11 = 0.0, 0.0, 0.0, 0.0
-                        if inside:
-                            v00, v01, v10, v11 = _corner_runs(image, y0, x0, g * per_group)
-                            for c in range(per_group):
-                                s00 += grad[c] * v00[c]
-                                s01 += grad[c] * v01[c]
-                                s10 += grad[c] * v10[c]
-                                s11 += grad[c] * v11[c]
-                            g00, g01, g10, g11 = cast(m * w[0]), cast(m * w[1]), cast(m * w[2]), cast(m * w[3])
-                            a00, a01, a10, a11 = _corner_runs(grad_image, y0, x0, g * per_group)
-                            for c in range(per_group):
-                                a00[c] += g00 * grad[c]
-                                a01[c] += g01 * grad[c]
-                                a10[c] += g10 * grad[c]
-                                a11[c] += g11 * grad[c]
-                        s = (s00, s01, s10, s11)
-                        grad_offsets[first_offset + 2 * p] = scale * m * corner_sum(w_dx, s)
-                        grad_offsets[first_offset + 2 * p + 1] = scale * m * corner_sum(w_dy, s)
-                        grad_modulation[first_mask + p] = corner_sum(w, s)
+                _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale,
+                      remove_center, height, width, channels, corner, w, w_dy, w_dx, m)
+                for p in range(points):
+                    s = (0.0, 0.0, 0.0, 0.0)
+                    if corner[p] >= 0:
+                        b = corner[p] + g * per_group
+                        s = _corner_dots(grad, image, b, channels, row)
+                        _scatter(grad, grad_image, b, channels, row, cast(m[p] * w[p, 0]),
+                                 cast(m[p] * w[p, 1]), cast(m[p] * w[p, 2]), cast(m[p] * w[p, 3]))
+                    grad_offsets[first_offset + 2 * p] = scale * m[p] * corner_sum(w_dx[p], s)
+                    grad_offsets[first_offset + 2 * p + 1] = scale * m[p] * corner_sum(w_dy[p], s)
+                    grad_modulation[first_mask + p] = corner_sum(w[p], s)
                 if softmax:
                     dot = 0.0
                     for p in range(points):
-                        m = _modulation(modulation, first_mask + p, softmax, top, total)
-                        dot += m * grad_modulation[first_mask + p]
+                        dot += m[p] * grad_modulation[first_mask + p]
                     for p in range(points):
-                        m = _modulation(modulation, first_mask + p, softmax, top, total)
-                        grad_modulation[first_mask + p] = m * (grad_modulation[first_mask + p] - dot)
+                        grad_modulation[first_mask + p] = m[p] * (grad_modulation[first_mask + p] - dot)
+
+
+@njit(cache=True, fastmath=REORDER)
+def _corner_dots(grad, image, b, channels, row):
+    """(S_0, S_1, S_2, S_3): S_i = Σ_c grad[c] image[b_i + c] over the four corners
+    b_0 = b, b_1 = b + C, b_2 = b + row, b_3 = b + row + C; sums in the data's precision."""
+    d = grad.shape[0]
+    v00, v01 = image[b:b + d], image[b + channels:b + channels + d]
+    v10, v11 = image[b + row:b + row + d], image[b + row + channels:b + row + channels + d]
+    s00 = s01 = s10 = s11 = image.dtype.type(0.0)
+    for c in range(d):
+        s00 += grad[c] * v00[c]
+        s01 += grad[c] * v01[c]
+        s10 += grad[c] * v10[c]
+        s11 += grad[c] * v11[c]
+    return s00, s01, s10, s11
+
+
+@njit(cache=True, inline="always")
+def _scatter(grad, grad_image, b, channels, row, g00, g01, g10, g11):
+    """grad_image[b_i + c] += g_i grad[c] for the four corners b_i (as in ``_corner_dots``):
+    one loop per corner, so that each loop has one array to write and vectorises (a loop
+    writing four arrays needs more run-time overlap checks than LLVM will emit)."""
+    d = grad.shape[0]
+    a = grad_image[b:b + d]
+    for c in range(d):
+        a[c] += g00 * grad[c]
+    a = grad_image[b + channels:b + channels + d]
+    for c in range(d):
+        a[c] += g01 * grad[c]
+    a = grad_image[b + row:b + row + d]
+    for c in range(d):
+        a[c] += g10 * grad[c]
+    a = grad_image[b + row + channels:b + row + channels + d]
+    for c in range(d):
+        a[c] += g11 * grad[c]
 
 
 # ----------------------------------------------------------------------------- host side
