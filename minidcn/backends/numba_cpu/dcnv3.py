@@ -15,8 +15,8 @@ What makes it fast:
   and numba compiles it to vector instructions.
 * **Weights once per point.**  The location, the corner, the four bilinear weights (times
   the modulation scalar) and their slopes depend on (image, output pixel, group, point), not
-  on the channel: they are computed once (``formulas/dcnv3.py`` for the geometry,
-  ``formulas/bilinear.py`` for the weights) and reused for the group's D channels.
+  on the channel: they are computed once (``kernel_point`` in ``formulas/dcnv3.py``, built
+  on ``formulas/bilinear.py``) and reused for the group's D channels.
 * **No scratch columns.**  There is no weight to multiply, so no im2col: each output value is
   summed in place over the P points.
 * **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
@@ -35,20 +35,17 @@ has N·G tasks, so one image with one group runs on one thread.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from ..formulas import dcnv3 as formulas
 from ..formulas import for_cpu
-from .bilinear import bilinear_weights, corner_sum
 from .floating import REORDER
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
-sampling_location = for_cpu(formulas.sampling_location)
-softmax_stats = for_cpu(formulas.softmax_stats)
+kernel_point, modulation_stats, point_gradients = for_cpu(
+    formulas.kernel_point, formulas.modulation_stats, formulas.point_gradients)
 
 
 @njit(cache=True, inline="always")
@@ -59,37 +56,25 @@ def _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale, remo
     Fills, per point p: ``corner[p]``, the flat index (in the padded image of one picture,
     (H+2)·(W+2)·C values) of channel g·D of its top-left neighbour (y0, x0), or -1 outside
     the band; ``w[p]``, ``w_dy[p]``, ``w_dx[p]``, the four bilinear weights and their
-    slopes (``formulas/bilinear.py``); ``m[p]``, its modulation scalar.  Compiled without
+    slopes; ``m[p]``, its modulation scalar (all but ``corner`` from the formula
+    ``kernel_point``, the cuda kernels' too).  Compiled without
     fastmath, even when called from the backward pass: the locations, and so the side of
     a pixel-integer position a point falls on, are rounded exactly as in the forward pass
     and the reference.
     """
-    kh, kw = geometry[0], geometry[1]
     og, mg, ms = layout
     points = corner.shape[0]
     row = (width + 2) * channels
-    top, total = 0.0, 1.0
-    if softmax:
-        top, total = softmax_stats(modulation, g * mg + ms, points)
-    p = -1
-    for i in range(kw):  # kernel point p = (column i, row j), x-major
-        for j in range(kh):
-            if remove_center and i == kw // 2 and j == kh // 2:
-                continue
-            p += 1
-            y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
-                                     offsets[g * og + 2 * p + 1], geometry, scale)
-            inside, y0, x0, wp, wy, wx = bilinear_weights(y, x, height, width)
-            m[p] = _modulation(modulation, g * mg + ms + p, softmax, top, total)
-            corner[p] = (y0 + 1) * row + (x0 + 1) * channels if inside else -1
-            for k in range(4):
-                w[p, k], w_dy[p, k], w_dx[p, k] = wp[k], wy[k], wx[k]
-
-
-@njit(cache=True, inline="always")
-def _modulation(row, channel, softmax, top, total):
-    """The modulation scalar of one point: the raw value, or exp(l - top) / total."""
-    return math.exp(row[channel] - top) / total if softmax else row[channel]
+    offsets, logits = offsets[g * og:], modulation[g * mg + ms:]
+    top, total = modulation_stats(logits, points, softmax)
+    for p in range(points):
+        inside, y0, x0, wp, wy, wx, mp = kernel_point(p, oy, ox, offsets, logits, geometry, scale,
+                                                      remove_center, height, width, softmax, top,
+                                                      total)
+        m[p] = mp
+        corner[p] = (y0 + 1) * row + (x0 + 1) * channels if inside else -1
+        for k in range(4):
+            w[p, k], w_dy[p, k], w_dx[p, k] = wp[k], wy[k], wx[k]
 
 
 @njit(cache=True, parallel=True)
@@ -163,7 +148,8 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
             for ox in range(out_w):
                 offsets, modulation = offset[n, oy, ox], mask[n, oy, ox]
                 grad = grad_out[n, oy, ox, g * per_group:(g + 1) * per_group]
-                grad_offsets, grad_modulation = grad_offset[n, oy, ox], grad_mask[n, oy, ox]
+                grad_offsets = grad_offset[n, oy, ox, first_offset:]
+                grad_logits = grad_mask[n, oy, ox, first_mask:]
                 _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale,
                       remove_center, height, width, channels, corner, w, w_dy, w_dx, m)
                 for p in range(points):
@@ -173,15 +159,14 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
                         s = _corner_dots(grad, image, b, channels, row)
                         _scatter(grad, grad_image, b, channels, row, cast(m[p] * w[p, 0]),
                                  cast(m[p] * w[p, 1]), cast(m[p] * w[p, 2]), cast(m[p] * w[p, 3]))
-                    grad_offsets[first_offset + 2 * p] = scale * m[p] * corner_sum(w_dx[p], s)
-                    grad_offsets[first_offset + 2 * p + 1] = scale * m[p] * corner_sum(w_dy[p], s)
-                    grad_modulation[first_mask + p] = corner_sum(w[p], s)
+                    point_gradients(p, s, m[p], w[p], w_dy[p], w_dx[p], scale, grad_offsets,
+                                    grad_logits)
                 if softmax:
                     dot = 0.0
                     for p in range(points):
-                        dot += m[p] * grad_modulation[first_mask + p]
+                        dot += m[p] * grad_logits[p]
                     for p in range(points):
-                        grad_modulation[first_mask + p] = m[p] * (grad_modulation[first_mask + p] - dot)
+                        grad_logits[p] = m[p] * (grad_logits[p] - dot)
 
 
 @njit(cache=True, fastmath=REORDER)
