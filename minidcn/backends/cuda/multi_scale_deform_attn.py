@@ -52,18 +52,15 @@ def _forward_kernel(value, spatial_shapes, locations, weights, out):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         for d in range(value.shape[3]):
             out[n, q, m, d] = 0.0
-        start = 0  # the level's first row in value's S axis
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                rows, w, _, _ = sampling_point(locations[n, q, m, level, p], height, width, start)
+                rows, w, _, _ = sampling_point(spatial_shapes, level, locations[n, q, m, level, p])
                 a = weights[n, q, m, level, p]
                 for i in range(4):
                     if rows[i] >= 0:  # a neighbour that is read
                         coefficient = a * w[i]
                         for d in range(value.shape[3]):
                             out[n, q, m, d] += coefficient * value[n, rows[i], m, d]
-            start += height * width
 
 
 @cuda.jit
@@ -78,12 +75,10 @@ def _backward_kernel(grad_out, value, spatial_shapes, locations, weights, grad_v
     _, queries, heads, levels, points = weights.shape
     for t in range(cuda.grid(1), weights.shape[0] * queries * heads, cuda.gridsize(1)):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
-        start = 0
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                rows, w, w_dy, w_dx = sampling_point(locations[n, q, m, level, p], height, width,
-                                                     start)
+                rows, w, w_dy, w_dx = sampling_point(spatial_shapes, level,
+                                                     locations[n, q, m, level, p])
                 a = weights[n, q, m, level, p]
                 s = cuda.local.array(4, float64)
                 for i in range(4):
@@ -95,8 +90,7 @@ def _backward_kernel(grad_out, value, spatial_shapes, locations, weights, grad_v
                             s[i] += g * value[n, rows[i], m, d]
                             cuda.atomic.add(grad_value, (n, rows[i], m, d), coefficient * g)
                 grad_weights[n, q, m, level, p] = point_gradients(
-                    s, a, w, w_dy, w_dx, height, width, grad_locations[n, q, m, level, p])
-            start += height * width
+                    spatial_shapes, level, s, a, w, w_dy, w_dx, grad_locations[n, q, m, level, p])
 
 
 def multi_scale_deform_attn_forward(value, spatial_shapes, sampling_locations, attention_weights):

@@ -10,7 +10,8 @@ start_l + (y0 + i // 2) W_l + x0 + i % 2 of value[n, :, m, :], whose D channels 
 contiguous.
 
 Per sampling point the kernels of both backends need what does not depend on the channel
-(``sampling_point``: the rows of its neighbours and its weights), and, in the backward pass,
+(``sampling_point``: the rows of its neighbours and its weights, the level's first row from
+``level_start``), and, in the backward pass,
 given the corner sums S_i = Σ_d g_d value[row_i, d], the point's gradients
 (``point_gradients``; it writes the location's pair in place):
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from .bilinear import bilinear_weights, corner_sum
 
-__all__ = ["level_pixel", "corner_rows", "sampling_point", "point_gradients"]
+__all__ = ["level_pixel", "corner_rows", "level_start", "sampling_point", "point_gradients"]
 
 
 def level_pixel(u, v, height, width):
@@ -47,21 +48,32 @@ def corner_rows(y0, x0, height, width, start):
             row + width + 1 if bottom and right else -1)
 
 
-def sampling_point(location, height, width, start):
-    """``(rows, w, w_dy, w_dx)`` of the point at normalised ``location`` (u, v) on the
-    height x width level that starts at row ``start``: the rows of value holding its four
+def level_start(spatial_shapes, level):
+    """start_l = Σ_{k < l} H_k W_k: the row of value's S axis where level l begins."""
+    start = 0
+    for k in range(level):
+        start += spatial_shapes[k, 0] * spatial_shapes[k, 1]
+    return start
+
+
+def sampling_point(spatial_shapes, level, location):
+    """``(rows, w, w_dy, w_dx)`` of the point at normalised ``location`` (u, v) on level
+    ``level`` (H_l x W_l = spatial_shapes[level]): the rows of value holding its four
     neighbours (-1 for a neighbour that is not read, all four for a point outside the band
-    -1 <= y < H, -1 <= x < W, NaN included), the bilinear weights and their slopes."""
+    -1 <= y < H_l, -1 <= x < W_l, NaN included), the bilinear weights and their slopes."""
+    height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
     y, x = level_pixel(location[0], location[1], height, width)
     inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
-    rows = corner_rows(y0, x0, height, width, start) if inside else (-1, -1, -1, -1)
-    return rows, w, w_dy, w_dx
+    if not inside:
+        return (-1, -1, -1, -1), w, w_dy, w_dx
+    return corner_rows(y0, x0, height, width, level_start(spatial_shapes, level)), w, w_dy, w_dx
 
 
-def point_gradients(s, a, w, w_dy, w_dx, height, width, grad_location):
-    """grad_A of a point with attention weight ``a`` on a height x width level, from the
-    corner sums ``s`` = (S_0, ..., S_3); its location gradient (grad_u, grad_v) is written
-    into ``grad_location``, the point's 2 entries of grad_sampling_locations."""
+def point_gradients(spatial_shapes, level, s, a, w, w_dy, w_dx, grad_location):
+    """grad_A of a point with attention weight ``a`` on level ``level``, from the corner sums
+    ``s`` = (S_0, ..., S_3); its location gradient (W_l A Σ_i w_dx_i S_i, H_l A Σ_i w_dy_i S_i)
+    is written into ``grad_location``, the point's 2 entries of grad_sampling_locations."""
+    height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
     grad_location[0] = width * a * corner_sum(w_dx, s)
     grad_location[1] = height * a * corner_sum(w_dy, s)
     return corner_sum(w, s)

@@ -61,16 +61,13 @@ def _forward(value, spatial_shapes, locations, weights, out):
     for t in prange(weights.shape[0] * queries * heads):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         out[n, q, m, :] = 0.0
-        start = 0  # the level's first row in value's S axis
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                rows, w, _, _ = sampling_point(locations[n, q, m, level, p], height, width, start)
+                rows, w, _, _ = sampling_point(spatial_shapes, level, locations[n, q, m, level, p])
                 _add_point(out[n, q, m], weights[n, q, m, level, p], w, rows, value, n, m)
-            start += height * width
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _add_point(target, a, w, rows, value, n, m):
     """target[:] += Σ_i a w_i value[n, rows_i, m, :] over the neighbours that are read
     (row >= 0)."""
@@ -117,12 +114,10 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
         n, m = t // heads, t % heads
         grad_value[n, :, m, :] = 0.0
         for q in range(queries):
-            start = 0
             for level in range(levels):
-                height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
                 for p in range(points):
-                    rows, w, w_dy, w_dx = sampling_point(locations[n, q, m, level, p], height, width,
-                                                         start)
+                    rows, w, w_dy, w_dx = sampling_point(spatial_shapes, level,
+                                                         locations[n, q, m, level, p])
                     a = weights[n, q, m, level, p]
                     g = grad_out[n, q, m]
                     s = (_scatter_and_dot(g, value, grad_value, n, rows[0], m, a * w[0]),
@@ -130,8 +125,7 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
                          _scatter_and_dot(g, value, grad_value, n, rows[2], m, a * w[2]),
                          _scatter_and_dot(g, value, grad_value, n, rows[3], m, a * w[3]))
                     grad_weights[n, q, m, level, p] = point_gradients(
-                        s, a, w, w_dy, w_dx, height, width, grad_locations[n, q, m, level, p])
-                start += height * width
+                        spatial_shapes, level, s, a, w, w_dy, w_dx, grad_locations[n, q, m, level, p])
 
 
 def _arrays(value, spatial_shapes, sampling_locations, attention_weights):
