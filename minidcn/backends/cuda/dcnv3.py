@@ -121,71 +121,64 @@ def _backward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, r
                 grad_logits[p] = modulation(logits[p], softmax, top, total) * (grad_logits[p] - dot)
 
 
-def _points(kernel_size, remove_center):
-    return kernel_size[0] * kernel_size[1] - int(remove_center)
-
-
 def _tasks(x, out_size, group):
     """How many threads: N · H_out · W_out · G."""
     return x.shape[0] * out_size[0] * out_size[1] * group
 
 
-def _run_forward(x, offset, mask, layout, softmax, kernel_size, stride, padding, dilation, group,
+def _run_forward(x, offset, mask, packed, softmax, kernel_size, stride, padding, dilation, group,
                  offset_scale, remove_center):
+    """The forward kernel over (x, offset, mask), or over (x, offset_mask, offset_mask) when
+    ``packed`` (DCNv4): ``formulas.channel_layout`` says where each point's channels are."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
     out_size = offset.shape[1:3]
     out = CudaArray.empty((x.shape[0], *out_size, x.shape[3]), x.dtype)
     _forward_kernel[grid_for(_tasks(x, out_size, group))](
-        x.dev, offset.dev, mask.dev, layout, bool(softmax), geometry, float(offset_scale), group,
-        bool(remove_center), out.dev)
+        x.dev, offset.dev, mask.dev, formulas.channel_layout(kernel_size, remove_center, packed),
+        bool(softmax), geometry, float(offset_scale), group, bool(remove_center), out.dev)
     return out
 
 
-def _run_backward(grad_out, x, offset, mask, layout, softmax, grad_offset, grad_mask, kernel_size,
-                  stride, padding, dilation, group, offset_scale, remove_center):
+def _run_backward(grad_out, x, offset, mask, packed, softmax, kernel_size, stride, padding,
+                  dilation, group, offset_scale, remove_center):
+    """(grad_x, grad_offset, grad_mask) from the backward kernel; when ``packed`` (DCNv4) the
+    two are one zeroed array, so its padding channels (from G·3P on) keep gradient 0."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
     grad_x = CudaArray.zeros(x.shape, x.dtype)
+    grad_offset = (CudaArray.zeros if packed else CudaArray.empty)(offset.shape, x.dtype)
+    grad_mask = grad_offset if packed else CudaArray.empty(mask.shape, x.dtype)
     _backward_kernel[grid_for(_tasks(x, offset.shape[1:3], group))](
-        x.dev, offset.dev, mask.dev, layout, bool(softmax), geometry, float(offset_scale), group,
-        bool(remove_center), grad_out.dev, grad_x.dev, grad_offset.dev, grad_mask.dev)
-    return grad_x
+        x.dev, offset.dev, mask.dev, formulas.channel_layout(kernel_size, remove_center, packed),
+        bool(softmax), geometry, float(offset_scale), group, bool(remove_center), grad_out.dev,
+        grad_x.dev, grad_offset.dev, grad_mask.dev)
+    return grad_x, grad_offset, grad_mask
 
 
 def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center):
     """out (N, H_out, W_out, G·D) = Σ_p m_p x(y_p, x_p) per group (see the module docstring)."""
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset, mask, (2 * points, points, 0), False, kernel_size, stride,
-                        padding, dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset, mask, False, False, kernel_size, stride, padding, dilation,
+                        group, offset_scale, remove_center)
 
 
 def dcnv3_backward(grad_out, x, offset, mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center):
     """(grad_x, grad_offset, grad_mask) of L = Σ grad_out · out."""
-    points = _points(kernel_size, remove_center)
-    grad_offset = CudaArray.empty(offset.shape, x.dtype)
-    grad_mask = CudaArray.empty(mask.shape, x.dtype)
-    grad_x = _run_backward(grad_out, x, offset, mask, (2 * points, points, 0), False, grad_offset,
-                           grad_mask, kernel_size, stride, padding, dilation, group, offset_scale,
-                           remove_center)
-    return grad_x, grad_offset, grad_mask
+    return _run_backward(grad_out, x, offset, mask, False, False, kernel_size, stride, padding,
+                         dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center, softmax):
     """DCNv3's sum, offsets and modulation read from offset_mask's 3P-channel group blocks."""
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset_mask, offset_mask, (3 * points, 3 * points, 2 * points), softmax,
-                        kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset_mask, offset_mask, True, softmax, kernel_size, stride, padding,
+                        dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_backward(grad_out, x, offset_mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center, softmax):
     """(grad_x, grad_offset_mask); the padding channels from G·3P on get 0."""
-    points = _points(kernel_size, remove_center)
-    grad_offset_mask = CudaArray.zeros(offset_mask.shape, x.dtype)  # offsets and modulation
-    grad_x = _run_backward(grad_out, x, offset_mask, offset_mask,
-                           (3 * points, 3 * points, 2 * points), softmax, grad_offset_mask,
-                           grad_offset_mask, kernel_size, stride, padding, dilation, group,
-                           offset_scale, remove_center)
+    grad_x, grad_offset_mask, _ = _run_backward(grad_out, x, offset_mask, offset_mask, True,
+                                                softmax, kernel_size, stride, padding, dilation,
+                                                group, offset_scale, remove_center)
     return grad_x, grad_offset_mask

@@ -24,8 +24,16 @@ import math
 
 from .bilinear import bilinear_weights, corner_sum
 
-__all__ = ["kernel_tap", "sampling_location", "modulation_stats", "modulation", "kernel_point",
+__all__ = ["channel_layout", "kernel_tap", "sampling_location", "modulation_stats", "modulation", "kernel_point",
            "point_gradients"]
+
+
+def channel_layout(kernel_size, remove_center, packed):
+    """(og, mg, ms): group g's offset for point p is channel g·og + 2p (dx) and the next (dy),
+    its modulation channel g·mg + ms + p.  DCNv3's two tensors: (2P, P, 0); DCNv4's packed
+    offset_mask (``packed``), passed as both: (3P, 3P, 2P).  Called on the host, as is."""
+    points = kernel_size[0] * kernel_size[1] - int(remove_center)
+    return (3 * points, 3 * points, 2 * points) if packed else (2 * points, points, 0)
 
 
 def kernel_tap(p, kh, kw, remove_center):

@@ -238,68 +238,60 @@ def _padded(x):
     return xpad
 
 
-def _points(kernel_size, remove_center):
-    return kernel_size[0] * kernel_size[1] - int(remove_center)
-
-
-def _run_forward(x, offset, mask, layout, softmax, out_size, kernel_size, stride, padding,
-                 dilation, group, offset_scale, remove_center):
+def _run_forward(x, offset, mask, packed, softmax, kernel_size, stride, padding, dilation, group,
+                 offset_scale, remove_center):
+    """The forward kernel over (x, offset, mask), or over (x, offset_mask, offset_mask) when
+    ``packed`` (DCNv4): ``formulas.channel_layout`` says where each point's channels are."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
-    out = np.empty((x.shape[0], *out_size, x.shape[3]), x.dtype)
-    _forward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
-             bool(remove_center), out)
+    out = np.empty((x.shape[0], *offset.shape[1:3], x.shape[3]), x.dtype)
+    _forward(_padded(x), offset, mask, formulas.channel_layout(kernel_size, remove_center, packed),
+             softmax, geometry, float(offset_scale), group, bool(remove_center), out)
     return out
 
 
-def _run_backward(grad_out, x, offset, mask, layout, softmax, grad_offset, grad_mask, kernel_size,
-                  stride, padding, dilation, group, offset_scale, remove_center):
+def _run_backward(grad_out, x, offset, mask, packed, softmax, kernel_size, stride, padding,
+                  dilation, group, offset_scale, remove_center):
+    """(grad_x, grad_offset, grad_mask) from the backward kernel; when ``packed`` (DCNv4) the
+    two are one zeroed array, so its padding channels (from G·3P on) keep gradient 0."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
     grad_xpad = np.zeros((x.shape[0], x.shape[1] + 2, x.shape[2] + 2, x.shape[3]), x.dtype)
-    _backward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
-              bool(remove_center), np.ascontiguousarray(grad_out, dtype=x.dtype), grad_xpad,
-              grad_offset, grad_mask)
-    return np.ascontiguousarray(grad_xpad[:, 1:-1, 1:-1])
+    grad_offset = np.zeros_like(offset) if packed else np.empty_like(offset)
+    grad_mask = grad_offset if packed else np.empty_like(mask)
+    _backward(_padded(x), offset, mask, formulas.channel_layout(kernel_size, remove_center, packed),
+              softmax, geometry, float(offset_scale), group, bool(remove_center),
+              np.ascontiguousarray(grad_out, dtype=x.dtype), grad_xpad, grad_offset, grad_mask)
+    return np.ascontiguousarray(grad_xpad[:, 1:-1, 1:-1]), grad_offset, grad_mask
 
 
 def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center):
     """out (N, H_out, W_out, G·D) = Σ_p m_p x(y_p, x_p) per group (see the module docstring)."""
     x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset, mask, (2 * points, points, 0), False, offset.shape[1:3],
-                        kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset, mask, False, False, kernel_size, stride, padding, dilation,
+                        group, offset_scale, remove_center)
 
 
 def dcnv3_backward(grad_out, x, offset, mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center):
     """(grad_x, grad_offset, grad_mask) of L = Σ grad_out · out."""
     x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
-    points = _points(kernel_size, remove_center)
-    grad_offset, grad_mask = np.empty_like(offset), np.empty_like(mask)
-    grad_x = _run_backward(grad_out, x, offset, mask, (2 * points, points, 0), False, grad_offset,
-                           grad_mask, kernel_size, stride, padding, dilation, group, offset_scale,
-                           remove_center)
-    return grad_x, grad_offset, grad_mask
+    return _run_backward(grad_out, x, offset, mask, False, False, kernel_size, stride, padding,
+                         dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center, softmax):
     """DCNv3's sum, offsets and modulation read from offset_mask's 3P-channel group blocks."""
     x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset_mask, offset_mask, (3 * points, 3 * points, 2 * points),
-                        bool(softmax), offset_mask.shape[1:3], kernel_size, stride, padding,
-                        dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset_mask, offset_mask, True, bool(softmax), kernel_size, stride,
+                        padding, dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_backward(grad_out, x, offset_mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center, softmax):
     """(grad_x, grad_offset_mask); the padding channels from G·3P on get 0."""
     x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
-    points = _points(kernel_size, remove_center)
-    grad_offset_mask = np.zeros_like(offset_mask)  # one array: offsets and modulation
-    grad_x = _run_backward(grad_out, x, offset_mask, offset_mask,
-                           (3 * points, 3 * points, 2 * points), bool(softmax), grad_offset_mask,
-                           grad_offset_mask, kernel_size, stride, padding, dilation, group,
-                           offset_scale, remove_center)
+    grad_x, grad_offset_mask, _ = _run_backward(grad_out, x, offset_mask, offset_mask, True,
+                                                bool(softmax), kernel_size, stride, padding,
+                                                dilation, group, offset_scale, remove_center)
     return grad_x, grad_offset_mask
