@@ -20,7 +20,7 @@ for the group's D channels, which lie next to each other in the channels-last in
 
 As in numba_cpu, DCNv3 and DCNv4 share the kernels: offsets and modulation are read through a
 layout (og, mg, ms), offset channel g·og + 2p (dx) and the next (dy), modulation channel
-g·mg + ms + p; DCNv4 passes its one offset_mask as both.  The atomic scatter makes the last
+g·mg + ms + p (``formulas.channel_layout``); DCNv4 passes its one offset_mask as both.  The atomic scatter makes the last
 bits of grad_x depend on the order in which a real GPU runs the threads.
 """
 

@@ -2,9 +2,9 @@
 
 Each function is plain Python of scalars (``backends/reference/roi_pool.py`` states the
 same conventions over whole arrays, with the reasons behind them); ``numba_cpu/roi_pool.py``
-compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``.  None calls
-another (numba compiles a call only to a compiled function, and each target compiles its
-own), so a backend composes them.  No two-argument ``max``/``min``: they do not compile
+compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``, with the
+formulas they call (``sample_corners`` is built from the ones before it; the sum over the
+four corners is ``corner_sum`` of ``formulas/bilinear.py``, the same sum in the same order).  No two-argument ``max``/``min``: they do not compile
 for the CUDA target (see ``tests/test_cuda_compiles.py``); clips are comparisons.
 
 roi_pool (whole pixels)::
@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .bilinear import corner_sum
 
 INT_LIMIT = 2.0**31
 FLT_MAX = float(np.finfo(np.float32).max)  # where roi_pool's scan starts, as in torchvision
@@ -144,9 +146,21 @@ def corner_weights(ly, lx):
     return hy * hx, hy * lx, ly * hx, ly * lx
 
 
-def bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11):
-    """sum_n w_n v_n over the four corners."""
-    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+def sample_corners(y, x, height, width):
+    """``(inside, y0, y1, x0, x1, w)`` of a sample at (y, x) by torchvision's rule: whether it
+    is read at all (``inside_band``), its corner rows and columns (``axis_corners``) and the
+    weights ``w`` of corners (y0, x0), (y0, x1), (y1, x0), (y1, x1) (``corner_weights``);
+    outside, zeros."""
+    if not inside_band(y, x, height, width):
+        return False, 0, 0, 0, 0, (0.0, 0.0, 0.0, 0.0)
+    y0, y1, ly = axis_corners(y, height)
+    x0, x1, lx = axis_corners(x, width)
+    return True, y0, y1, x0, x1, corner_weights(ly, lx)
+
+
+def bilinear_value(w, v):
+    """sum_n w_n v_n over the four corners (``corner_sum``)."""
+    return corner_sum(w, v)
 
 
 def position_slopes(y1_minus_y, y_minus_y0, x1_minus_x, x_minus_x0, v00, v01, v10, v11):

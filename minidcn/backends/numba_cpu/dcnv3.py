@@ -35,8 +35,8 @@ so the work per point outside the channel loop decides the speed):
   summed in place over the P points.
 * **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
   layout (offset channel g·og + 2p for dx and the next for dy, modulation channel
-  g·mg + ms + p): (2P, P, 0) over DCNv3's two tensors, (3P, 3P, 2P) over DCNv4's single
-  offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
+  g·mg + ms + p; ``formulas.channel_layout``): (2P, P, 0) over DCNv3's two tensors,
+  (3P, 3P, 2P) over DCNv4's single offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
   array, so its padding channels (from G·3P on) keep gradient 0.
 
 Measured (N=8, 56×56, G=4, D=16, 3×3, float32, CPU time of one thread, on the shared
