@@ -142,8 +142,8 @@ def _pool_forward_kernel(x, rois, offset, mask, spatial_scale, sampling_ratio, g
             _, _, inside, y0, y1, x0, x1, w00, w01, w10, w11 = _bin_sample(
                 geometry, offset, gamma, k, i, j, ph, pw, s, H, W)
             if inside:
-                corners = (x[b, ch, y0, x0], x[b, ch, y0, x1], x[b, ch, y1, x0], x[b, ch, y1, x1])
-                total += _bilinear_value((w00, w01, w10, w11), corners)
+                total += _bilinear_value(w00, w01, w10, w11, x[b, ch, y0, x0], x[b, ch, y0, x1],
+                                         x[b, ch, y1, x0], x[b, ch, y1, x1])
         y[k, c, i, j] = total / count * mask[k, 0, i, j]
 
 
@@ -193,7 +193,7 @@ def _pool_offset_mask_grad_kernel(grad_y, x, rois, offset, mask, spatial_scale, 
                                                     v00, v01, v10, v11)
                     along_x += scale_x * g * dv_dx
                     along_y += scale_y * g * dv_dy
-                    pooled += _bilinear_value((w00, w01, w10, w11), (v00, v01, v10, v11))
+                    pooled += _bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11)
             for_mask += grad_y[k, c, i, j] * (pooled / count)
         grad_offset[k, 0, i, j] = along_x
         grad_offset[k, 1, i, j] = along_y

@@ -158,9 +158,9 @@ def sample_corners(y, x, height, width):
     return True, y0, y1, x0, x1, corner_weights(ly, lx)
 
 
-def bilinear_value(w, v):
+def bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11):
     """sum_n w_n v_n over the four corners (``corner_sum``)."""
-    return corner_sum(w, v)
+    return corner_sum((w00, w01, w10, w11), (v00, v01, v10, v11))
 
 
 def position_slopes(y1_minus_y, y_minus_y0, x1_minus_x, x_minus_x0, v00, v01, v10, v11):

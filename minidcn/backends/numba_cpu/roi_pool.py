@@ -160,9 +160,9 @@ def _sample_buffers(max_samples):
 @njit(cache=True)
 def _sample_value(plane, where, weights, s):
     """sum_n w_n v_n of sample s, in a flattened (H * W,) plane."""
-    return _bilinear_value((weights[s, 0], weights[s, 1], weights[s, 2], weights[s, 3]),
-                           (plane[where[s, 0]], plane[where[s, 1]], plane[where[s, 2]],
-                            plane[where[s, 3]]))
+    return _bilinear_value(weights[s, 0], weights[s, 1], weights[s, 2], weights[s, 3],
+                           plane[where[s, 0]], plane[where[s, 1]], plane[where[s, 2]],
+                           plane[where[s, 3]])
 
 
 @njit(cache=True)
