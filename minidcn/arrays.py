@@ -23,7 +23,10 @@ def as_float_array(data, dtype=None):
         if dtype is None:
             dtype = data.dtype if data.dtype in FLOAT_DTYPES else np.dtype(np.float32)
         return data if data.dtype == dtype else data.astype(dtype)
-    given_float64 = isinstance(data, (np.ndarray, np.generic)) and data.dtype == np.float64
+    # float64 in either byte order (a big-endian '>f8' array read from a file is not equal
+    # to np.float64, and used to become float32); it is stored native
+    given_float64 = isinstance(data, (np.ndarray, np.generic)) and data.dtype.kind == "f" \
+        and data.dtype.itemsize == 8
     try:
         arr = np.asarray(data)
     except ValueError as err:  # ragged nested lists

@@ -82,7 +82,7 @@ class Tensor(OnDevice, ArrayInterop):
             grad = Tensor(np.ones(self.shape, dtype=self.dtype)).to(self.device).data
         else:
             from .functional._validate import as_tensor  # names grad when it is not numeric
-            g = as_tensor("backward()", "grad", grad)
+            g = as_tensor("backward()", "grad", grad, borrowed=True)  # _accumulate copies it
             if g.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {g.shape}, expected {self.shape}")
             if g.device != self.device:

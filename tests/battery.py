@@ -1,16 +1,19 @@
-"""Adversarial battery for issue 11: malformed calls against minidcn's public API.
+"""Adversarial battery for issues 11 and 14: malformed calls against minidcn's public API
+(issue 14's modern family, dcnv3 / dcnv4 / multi_scale_deform_attn / gelu / softmax /
+layer_norm(channels_last=True) and their modules, in the generic cases and in ``modern.*``).
 
 Not a pytest module (no ``test_`` prefix): it runs several hundred hostile calls, each one
 watched by a parent process, and classifies what happened.  Run it from the repository root:
 
     PYTHONPATH=. python tests/battery.py [--backend numba|reference|cuda] [--out FILE]
-                                         [--subset all|dangerous] [--only SUBSTRING]
+                                         [--subset all|dangerous] [--only SUB[,SUB...]]
                                          [--workers N] [--timeout S] [--list]
 
 ``--out FILE`` writes every case's result as JSON (FILE) and as a markdown table
 (FILE with .md).  ``--backend cuda`` runs device tensors (``.to("cuda")``) in numba's CUDA
 simulator (NUMBA_ENABLE_CUDASIM=1 is set for the workers).  ``--subset dangerous`` keeps
-the mutation, empty-input, RoI and huge-integer cases (the ones that can crash or hang).
+the mutation, empty-input, RoI and huge-integer cases, far offsets and locations, strided
+device Tensors and mixed devices (the ones that can crash or hang).
 
 How it runs: a pool of worker subprocesses (default 1) imports minidcn once, warms the common
 kernels up, then reads case ids on stdin and answers one JSON line per case.  Each worker
@@ -144,6 +147,8 @@ def nonfinite(arrs, what="output"):
 
 # ------------------------------------------------------------------------------ op specs
 ROIS = np.array([[0, 0, 0, 3, 3.], [1, 1, 1, 4, 4.], [0, 0.5, 1, 5, 4]])
+SHAPES = np.array([[2, 3], [1, 2]])  # multi_scale_deform_attn's levels: S = 6 + 2 = 8
+MODERN = ("dcnv3", "dcnv4", "multi_scale_deform_attn", "gelu", "softmax", "layer_norm_cl")
 
 
 def op_specs():
@@ -237,6 +242,42 @@ def op_specs():
         (a, ad), (b, bd) = t((2, 3), 0, dtype), t((2, 3), 1, dtype)
         return dict(input=ad, other=bd), [a, b]
 
+    # the modern family (issue 14): channels-last, group 2 of D = 2, a 3 x 3 kernel (P = 9)
+    def dcn3(dtype):
+        (x, xd), (o, od), (m, mdv) = (t((2, 5, 5, 4), 0, dtype), t((2, 5, 5, 36), 3, dtype,
+                                                                    scale=0.7),
+                                      t((2, 5, 5, 18), 4, dtype))
+        return dict(input=xd, offset=od, mask=mdv, kernel_size=3, stride=1, padding=1,
+                    dilation=1, group=2, offset_scale=1.0, remove_center=False), [x, o, m]
+
+    def dcn4(dtype):
+        (x, xd), (o, od) = t((2, 5, 5, 4), 0, dtype), t((2, 5, 5, 56), 3, dtype, scale=0.7)
+        return dict(input=xd, offset_mask=od, kernel_size=3, stride=1, padding=1, dilation=1,
+                    group=2, offset_scale=1.0, remove_center=False, softmax=False), [x, o]
+
+    def msda(dtype):
+        (v, vd), (loc, locd), (a, ad) = (t((2, 8, 2, 3), 0, dtype), t((2, 4, 2, 2, 2, 2), 5,
+                                                                        dtype, scale=0.5),
+                                         t((2, 4, 2, 2, 2), 4, dtype))
+        return dict(value=vd, spatial_shapes=SHAPES.copy(), sampling_locations=locd,
+                    attention_weights=ad), [v, loc, a]
+
+    def act(dtype):
+        x, xd = t((2, 3, 4), 0, dtype)
+        return dict(input=xd), [x]
+
+    def smax(dtype):
+        x, xd = t((2, 3, 4), 0, dtype)
+        return dict(input=xd, dim=1), [x]
+
+    def lncl(dtype):
+        (x, xd), (w, wd), (b, bd) = t((2, 3, 3, 4), 0, dtype), t((4,), 1, dtype), \
+            t((4,), 2, dtype)
+        return dict(input=xd, weight=wd, bias=bd, eps=1e-5), [x, w, b]
+
+    def layer_norm_cl(input, weight=None, bias=None, eps=1e-5):
+        return Fn.layer_norm(input, weight, bias, eps, channels_last=True)
+
     return {  # name: (op, make, independent)
         "conv2d": (Fn.conv2d, conv, True), "deform_conv2d": (Fn.deform_conv2d, deform, True),
         "max_pool2d": (Fn.max_pool2d, pool, True), "avg_pool2d": (Fn.avg_pool2d, apool, True),
@@ -249,6 +290,10 @@ def op_specs():
         "batch_norm": (Fn.batch_norm, bnorm, False), "linear": (Fn.linear, lin, True),
         "matmul": (Fn.matmul, mm, True), "cross_entropy": (Fn.cross_entropy, ce, False),
         "log_softmax": (Fn.log_softmax, lsm, True), "mul": (Fn.mul, mul, True),
+        "dcnv3": (Fn.dcnv3, dcn3, True), "dcnv4": (Fn.dcnv4, dcn4, True),
+        "multi_scale_deform_attn": (Fn.multi_scale_deform_attn, msda, True),
+        "gelu": (Fn.gelu, act, True), "softmax": (Fn.softmax, smax, True),
+        "layer_norm_cl": (layer_norm_cl, lncl, True),
     }
 
 
@@ -331,7 +376,12 @@ HYPER_VALUES = {
     "ratio": [2**31, 2**62, 2**64, -2**63, 1024, 1025, 2.5, None],
     "float": [0, -1.0, float("nan"), float("inf"), float("-inf"), 1e308, -1e308, 5e-324,
               "1", None, True, 1j],
+    "bool": [1, 0, "True", None, np.bool_(True), 2.0],
+    "dim": [3, -4, 2**31, 2**63, 1.5, None, True, (0, 1), "1"],
 }
+
+
+RAW_KEYS = ("target", "running_mean", "running_var", "rois", "spatial_shapes")
 
 
 def _orig_array(name, kw, key):
@@ -343,14 +393,16 @@ def _orig_array(name, kw, key):
 
 # other names a clear message may use for an argument of these ops
 ALIASES = {"mul": ["operand"], "matmul": ["operand"], "deform_conv2d": ["offset", "mask"],
-           "cross_entropy": ["target"], "log_softmax": ["dim"], "linear": ["in_features"]}
+           "cross_entropy": ["target"], "log_softmax": ["dim"], "linear": ["in_features"],
+           "dcnv3": ["offset", "mask"], "dcnv4": ["offset_mask"],
+           "multi_scale_deform_attn": ["spatial_shapes", "sampling_locations"]}
 
 
 def build_generic():
     names = ["conv2d", "deform_conv2d", "max_pool2d", "avg_pool2d", "roi_pool", "roi_align",
              "deform_roi_pool", "deform_ps_roi_pool", "bilinear_sample", "group_norm",
              "layer_norm", "instance_norm", "batch_norm", "linear", "matmul", "cross_entropy",
-             "log_softmax", "mul"]
+             "log_softmax", "mul"] + list(MODERN)
     # which keys hold arrays, per op (static, so cases can be listed without importing)
     arrays = {
         "conv2d": ["input", "weight", "bias"], "deform_conv2d": ["input", "offset", "weight",
@@ -363,6 +415,10 @@ def build_generic():
         "batch_norm": ["input", "running_mean", "running_var", "weight", "bias"],
         "linear": ["input", "weight", "bias"], "matmul": ["input", "other"],
         "cross_entropy": ["input", "target"], "log_softmax": ["input"], "mul": ["input", "other"],
+        "dcnv3": ["input", "offset", "mask"], "dcnv4": ["input", "offset_mask"],
+        "multi_scale_deform_attn": ["value", "spatial_shapes", "sampling_locations",
+                                    "attention_weights"],
+        "gelu": ["input"], "softmax": ["input"], "layer_norm_cl": ["input", "weight", "bias"],
     }
     hypers = {
         "conv2d": dict(stride="posint", padding="nonneg", dilation="posint", groups="posint"),
@@ -378,13 +434,19 @@ def build_generic():
                                    sampling_ratio="ratio", gamma="float"),
         "group_norm": dict(num_groups="posint", eps="float"), "layer_norm": dict(eps="float"),
         "instance_norm": dict(eps="float"), "batch_norm": dict(momentum="float", eps="float"),
+        "dcnv3": dict(kernel_size="posint", stride="posint", padding="nonneg", dilation="posint",
+                      group="posint", offset_scale="float", remove_center="bool"),
+        "dcnv4": dict(kernel_size="posint", stride="posint", padding="nonneg", dilation="posint",
+                      group="posint", offset_scale="float", remove_center="bool",
+                      softmax="bool"),
+        "softmax": dict(dim="dim"), "layer_norm_cl": dict(eps="float"),
     }
     optional = {"conv2d": ["bias"], "deform_conv2d": ["bias", "mask"],
                 "deform_roi_pool": ["offset", "mask"], "deform_ps_roi_pool": ["offset"],
                 "group_norm": ["weight", "bias"], "layer_norm": ["weight", "bias"],
                 "instance_norm": ["weight", "bias"],
                 "batch_norm": ["weight", "bias", "running_mean", "running_var"],
-                "linear": ["bias"]}
+                "linear": ["bias"], "layer_norm_cl": ["weight", "bias"]}
     batch_args = {"conv2d": ["input"], "deform_conv2d": ["input", "offset", "mask"],
                   "max_pool2d": ["input"], "avg_pool2d": ["input"],
                   "roi_pool": ["input", "rois"], "roi_align": ["input", "rois"],
@@ -392,7 +454,11 @@ def build_generic():
                   "deform_ps_roi_pool": ["input", "rois", "offset"],
                   "bilinear_sample": ["x", "points"], "group_norm": ["input"],
                   "layer_norm": ["input"], "instance_norm": ["input"], "linear": ["input"],
-                  "matmul": ["input"], "log_softmax": ["input"], "mul": ["input", "other"]}
+                  "matmul": ["input"], "log_softmax": ["input"], "mul": ["input", "other"],
+                  "dcnv3": ["input", "offset", "mask"], "dcnv4": ["input", "offset_mask"],
+                  "multi_scale_deform_attn": ["value", "sampling_locations",
+                                              "attention_weights"],
+                  "gelu": ["input"], "softmax": ["input"], "layer_norm_cl": ["input"]}
 
     for op in names:
         for key in arrays[op]:
@@ -408,13 +474,12 @@ def build_generic():
                     bad = np.concatenate([a, np.take(a, [0], axis=axis)], axis=axis)
                 else:
                     bad = np.ones((2,) + a.shape)
-                kw[key] = bad if key in ("target", "running_mean", "running_var", "rois") \
-                    else dev(md().Tensor(bad))
+                kw[key] = bad if key in RAW_KEYS else dev(md().Tensor(bad))
                 if key in ("running_mean", "running_var") and BACKEND == "cuda":
                     kw[key] = stat(np.asarray(bad, np.float64))
                 return call_op(op, kw)
             for how in ("drop", "grow", "extra"):
-                if key == "rois" and how == "grow":
+                if key in ("rois", "spatial_shapes") and how == "grow":
                     continue
                 add(f"{op}.{key}.shape_{how}", "shape",
                     cross_checked(lambda f=shp, h=how: f(how=h)), [key] + ALIASES.get(op, []))
@@ -443,7 +508,7 @@ def build_generic():
                     refuse=tname in ("str",) or (tname == "None" and not ok_none),
                     valid=ok_none)
             # ---- NaN / inf / huge in the data (in batch item / RoI 1 where there is one)
-            if key == "target":
+            if key in ("target", "spatial_shapes"):
                 continue
             for vname, val in NONFINITE.items():
                 in_batch = key in batch_args.get(op, [])
@@ -465,7 +530,8 @@ def build_generic():
                     independent = in_batch and op_specs()[op][2]
                     return call_op(op, kw, check_first=independent, expect_finite=False)
                 add(f"{op}.{key}.value_{vname}", "nonfinite", cross_checked(nf, finite_only=True), [key],
-                    dangerous=key in ("rois", "offset", "points", "mask") and
+                    dangerous=key in ("rois", "offset", "points", "mask", "offset_mask",
+                                      "sampling_locations") and
                     vname in ("1e308", "-1e308", "inf"))
         # ---- absurd hyper-parameters
         for hname, kind in hypers.get(op, {}).items():
@@ -479,6 +545,7 @@ def build_generic():
                 # a hyper-parameter that changes the output size makes the fixed offset /
                 # mask (or ps channels) the wrong shape: a refusal naming those is clear too
                 extra = {"deform_conv2d": ["offset", "mask"],
+                         "dcnv3": ["offset", "mask"], "dcnv4": ["offset_mask"],
                          "deform_roi_pool": ["offset", "mask"],
                          "deform_ps_roi_pool": ["offset", "input"]}.get(op, [])
                 if hname == "kernel_size":
@@ -1229,6 +1296,744 @@ def build_misc():
             dangerous="2**" in name, backends=("numba", "reference"))
 
 
+# ------------------------------------------------------------------------------ modern family
+def build_modern():
+    """Issue 14's ops and modules: dcnv3, dcnv4, multi_scale_deform_attn, gelu, softmax,
+    layer_norm(channels_last=True), nn.DCNv3 / DCNv4 / MultiScaleDeformableAttention."""
+    CUDA_FEW = ("numba", "reference", "cuda")
+    HOST = ("numba", "reference")
+
+    def spec(op, dtype=np.float64):
+        return op_specs()[op][1](dtype)
+
+    def arr(kw, key):
+        v = kw[key]
+        return np.array(host(v)) if not isinstance(v, np.ndarray) else v.copy()
+
+    def with_(op, **changes):
+        """Run ``op`` with keyword changes (arrays become device Tensors); forward, backward."""
+        def run():
+            kw, _ = spec(op)
+            for k, v in changes.items():
+                v = v(kw) if callable(v) else v
+                kw[k] = dev(md().Tensor(v)) if isinstance(v, np.ndarray) and \
+                    k != "spatial_shapes" else v
+            return call_op(op, kw)
+        return run
+
+    # --- geometry: G·D vs channels, P vs kernel, N / H_out / W_out, M < G·3P, remove_center
+    geometry = {
+        "dcnv3.group_3_of_4_channels": ("dcnv3", dict(group=3), ["group"]),
+        "dcnv3.group_4_offsets_of_group_2": ("dcnv3", dict(group=4), ["group", "offset"]),
+        "dcnv3.kernel_5_offsets_of_kernel_3": ("dcnv3", dict(kernel_size=5, padding=2),
+                                               ["offset"]),
+        "dcnv3.mask_P_8": ("dcnv3", dict(mask=lambda kw: arr(kw, "mask")[..., :16]), ["mask"]),
+        "dcnv3.offset_odd_channels": ("dcnv3", dict(offset=lambda kw: arr(kw, "offset")[..., :35]),
+                                      ["offset"]),
+        "dcnv3.offset_batch_1": ("dcnv3", dict(offset=lambda kw: arr(kw, "offset")[:1]),
+                                 ["offset"]),
+        "dcnv3.mask_batch_3": ("dcnv3", dict(mask=lambda kw: np.concatenate(
+            [arr(kw, "mask")] * 2)[:3]), ["mask"]),
+        "dcnv3.offset_H_out_4": ("dcnv3", dict(offset=lambda kw: arr(kw, "offset")[:, :4]),
+                                 ["offset"]),
+        "dcnv3.mask_W_out_4": ("dcnv3", dict(mask=lambda kw: arr(kw, "mask")[:, :, :4]),
+                               ["mask"]),
+        "dcnv3.channels_first_input": ("dcnv3", dict(input=lambda kw: np.ascontiguousarray(
+            arr(kw, "input").transpose(0, 3, 1, 2))), ["input", "offset", "group"]),
+        "dcnv3.input_5d": ("dcnv3", dict(input=lambda kw: arr(kw, "input")[None]), ["input"]),
+        "dcnv3.offset_3d": ("dcnv3", dict(offset=lambda kw: arr(kw, "offset")[0]), ["offset"]),
+        "dcnv3.kernel_padding_too_small": ("dcnv3", dict(kernel_size=9, padding=0),
+                                           ["kernel", "padding", "kernel_size"]),
+        "dcnv4.M_53_below_G3P": ("dcnv4", dict(offset_mask=lambda kw: arr(kw, "offset_mask")
+                                                [..., :53]), ["offset_mask"]),
+        "dcnv4.M_54_exact": ("dcnv4", dict(offset_mask=lambda kw: arr(kw, "offset_mask")
+                                            [..., :54]), ["offset_mask"]),
+        "dcnv4.M_1000_padding": ("dcnv4", dict(offset_mask=lambda kw: np.concatenate(
+            [arr(kw, "offset_mask")] * 18, axis=-1)[..., :1000]), ["offset_mask"]),
+        "dcnv4.group_4_M_56": ("dcnv4", dict(group=4), ["group", "offset_mask"]),
+        "dcnv4.offset_mask_batch_1": ("dcnv4", dict(offset_mask=lambda kw: arr(
+            kw, "offset_mask")[:1]), ["offset_mask"]),
+        "dcnv4.offset_mask_W_out_6": ("dcnv4", dict(offset_mask=lambda kw: np.concatenate(
+            [arr(kw, "offset_mask")] * 2, axis=2)[:, :, :6]), ["offset_mask"]),
+    }
+    valid_geometry = {"dcnv4.M_54_exact", "dcnv4.M_1000_padding"}
+    for op in ("dcnv3", "dcnv4"):
+        for k in ((2, 2), (3, 5), (1, 1), 4, (5, 3), 2):
+            geometry[f"{op}.remove_center_kernel_{k}"] = (
+                op, dict(kernel_size=k, remove_center=True, padding=0),
+                ["remove_center", "kernel_size"])
+    for name, (op, changes, names) in geometry.items():
+        add(f"modern.{name}", "shape", cross_checked(with_(op, **changes)), names,
+            refuse=name not in valid_geometry, valid=name in valid_geometry)
+
+    # --- integers near and past 2**31: the valid ones must equal a small equivalent
+    def same_as(op, big, small, crop):
+        """``big`` integer arguments give the numbers of ``small`` ones (offsets cropped to
+        the output grid by ``crop``)."""
+        def run():
+            results = []
+            for changes in (big, small):
+                kw, _ = spec(op)
+                kw.update(changes)
+                for key in ("offset", "mask", "offset_mask"):
+                    if key in kw:
+                        kw[key] = dev(md().Tensor(np.ascontiguousarray(arr(kw, key)[crop]),
+                                                  requires_grad=True))
+                verdict = call_op(op, kw)
+                if verdict:
+                    return verdict
+                results.append(list(LAST_RESULT))
+            return differ(results[0], results[1], "output/gradient")
+        return run
+    M = 2**31 - 1
+    for op in ("dcnv3", "dcnv4"):
+        add(f"modern.{op}(stride=2**31-1,padding=2**31-1)", "hyper",
+            same_as(op, dict(stride=M, padding=M), dict(stride=20, padding=20),
+                    (slice(None), slice(0, 3), slice(0, 3))),
+            ["stride", "padding"], valid=True, dangerous=True)
+        add(f"modern.{op}(stride=(1,2**31-1),padding=(1,2**31-1))", "hyper",
+            same_as(op, dict(stride=(1, M), padding=(1, M)), dict(stride=(1, 20),
+                                                                   padding=(1, 20)),
+                    (slice(None), slice(None), slice(0, 3))),
+            ["stride", "padding"], valid=True, dangerous=True)
+        for name, kw in {"padding=2**31-1": dict(padding=M),
+                         "padding=2**30,stride=1": dict(padding=2**30),
+                         "kernel=2**31-1": dict(kernel_size=M),
+                         "dilation=2**31-1": dict(dilation=M),
+                         "group=2**31-1": dict(group=M),
+                         "group=-2**31": dict(group=-2**31),
+                         "stride=np.int64(2**31)": dict(stride=np.int64(2**31)),
+                         "padding=(1,-1)": dict(padding=(1, -1)),
+                         "kernel=(3,3,3)": dict(kernel_size=(3, 3, 3)),
+                         "stride=np.float64(1)": dict(stride=np.float64(1)),
+                         "group=np.bool_": dict(group=np.bool_(True)),
+                         "offset_scale=np.float32(1)": dict(offset_scale=np.float32(1)),
+                         "offset_scale=1e308": dict(offset_scale=1e308),
+                         "offset_scale=-1e-308": dict(offset_scale=-1e-308)}.items():
+            valid = name in ("offset_scale=np.float32(1)", "offset_scale=1e308",
+                             "offset_scale=-1e-308")
+            def big(op=op, kw=kw):
+                kwargs, _ = spec(op)
+                kwargs.update(kw)
+                return call_op(op, kwargs)
+            add(f"modern.{op}({name})", "hyper", cross_checked(big),
+                list(kw) + ["offset", "mask", "offset_mask", "kernel", "output"],
+                refuse=not valid, valid=valid, dangerous="2**" in name)
+    # kernel 1 with any dilation samples only the centre
+    for op in ("dcnv3", "dcnv4"):
+        def k1(op=op):
+            def shrink(kw, dilation):
+                kw.update(kernel_size=1, padding=0, dilation=dilation)
+                if op == "dcnv3":
+                    kw["offset"] = dev(md().Tensor(arr(kw, "offset")[..., :4]))
+                    kw["mask"] = dev(md().Tensor(arr(kw, "mask")[..., :2]))
+                else:
+                    kw["offset_mask"] = dev(md().Tensor(arr(kw, "offset_mask")[..., :8]))
+            kw, _ = spec(op)
+            shrink(kw, M)
+            verdict = call_op(op, kw)
+            got = list(LAST_RESULT)
+            kw, _ = spec(op)
+            shrink(kw, 1)
+            call_op(op, kw)
+            return verdict or differ(got, list(LAST_RESULT), "output/gradient")
+        add(f"modern.{op}(kernel=1,dilation=2**31-1)", "hyper", k1, ["dilation"], valid=True,
+            dangerous=True)
+
+    # --- offsets / locations / weights: NaN, inf, 1e30, 2**63 read 0 and get gradient 0
+    def far(op, key, val, where="all"):
+        def run():
+            kw, _ = spec(op)
+            a = np.array(arr(kw, key), dtype=np.float64)
+            if where == "all":
+                a[...] = val
+            else:
+                a[1, ..., 0] = val
+            kw[key] = dev(md().Tensor(a))
+            verdict = call_op(op, kw, expect_finite=False)
+            bad = nonfinite(LAST_RESULT, "output/gradient")
+            return verdict or bad
+        return run
+    for val in (np.nan, np.inf, -np.inf, 1e30, -1e30, 2.0**63, 1e18, 1e308):
+        for op, key in (("dcnv3", "offset"), ("dcnv4", "offset_mask"),
+                        ("multi_scale_deform_attn", "sampling_locations")):
+            for where in ("all", "item1_x"):
+                if op == "dcnv4" and where == "all":  # the modulation scalars too: not 0
+                    continue
+                add(f"modern.{op}.{key}={val!r}.{where}", "nonfinite", cross_checked(
+                    far(op, key, val, where), finite_only=True), [key],
+                    dangerous=val in (1e30, 2.0**63, 1e308) and where == "all",
+                    backends=CUDA_FEW if val in (1e30, 2.0**63) else HOST)
+
+    def scale_far(op, s):
+        def run():
+            kw, _ = spec(op)
+            kw["offset_scale"] = s
+            call_op(op, kw, expect_finite=False)
+            return nonfinite(LAST_RESULT, "output/gradient")
+        return run
+    for op in ("dcnv3", "dcnv4"):
+        for s in (1e30, 1e300, -1e300):
+            add(f"modern.{op}.offset_scale={s!r}_far", "nonfinite", cross_checked(
+                scale_far(op, s), finite_only=True), ["offset_scale"], valid=True)
+
+    def dcnv4_softmax_extreme(val):
+        def run():
+            kw, _ = spec("dcnv4")
+            om = arr(kw, "offset_mask")
+            om[..., 18:27] = val  # group 0's nine logits, all extreme
+            kw.update(offset_mask=dev(md().Tensor(om)), softmax=True)
+            call_op("dcnv4", kw, expect_finite=False)
+            if np.isfinite(val):
+                return nonfinite(LAST_RESULT, "output/gradient")
+            return None
+        return run
+    for val in (1e30, -1e30, 1e308, np.inf, np.nan):
+        add(f"modern.dcnv4.softmax_logits={val!r}", "nonfinite",
+            cross_checked(dcnv4_softmax_extreme(val), finite_only=True), ["offset_mask"])
+
+    # --- spatial_shapes
+    def ss(value, names=("spatial_shapes",)):
+        def run():
+            kw, _ = spec("multi_scale_deform_attn")
+            kw["spatial_shapes"] = value() if callable(value) else value
+            return call_op("multi_scale_deform_attn", kw)
+        return run
+    ss_cases = {
+        "float_array": (np.array([[2., 3.], [1., 2.]]), True),
+        "float_list": ([[2.0, 3.0], [1.0, 2.0]], True),
+        "bool_in_list": ([[2, 3], [True, 2]], True),
+        "bool_array": (np.ones((2, 2), bool), True),
+        "negative": (np.array([[-2, -3], [1, 2]]), True),
+        "zero_level": (np.array([[2, 4], [0, 5]]), True),
+        "sum_too_small": (np.array([[2, 3], [1, 1]]), True),
+        "sum_too_large": (np.array([[2, 3], [2, 2]]), True),
+        "swapped_rows_same_sum": (np.array([[1, 2], [2, 3]]), False),
+        "three_levels": (np.array([[2, 3], [1, 1], [1, 1]]), True),
+        "one_level": (np.array([[2, 4]]), True),
+        "shape_(2,3)": (np.array([[2, 3, 1], [1, 2, 1]]), True),
+        "shape_(4,)": (np.array([2, 3, 1, 2]), True),
+        "empty_(0,2)": (np.zeros((0, 2), np.int64), True),
+        "int32": (SHAPES.astype(np.int32), False),
+        "uint8": (SHAPES.astype(np.uint8), False),
+        "uint64": (SHAPES.astype(np.uint64), False),
+        "tuple_of_tuples": (((2, 3), (1, 2)), False),
+        "numpy_ints_in_list": ([[np.int64(2), np.int32(3)], [np.uint8(1), 2]], False),
+        "object_ints": (SHAPES.astype(object), False),
+        "ragged": ([[2, 3], [1]], True),
+        "string": ("2,3;1,2", True),
+        "none": (None, True),
+        "tensor": (lambda: md().Tensor(SHAPES.astype(np.float64)), True),
+        "2**31_level": (np.array([[2**31, 1], [1, 2]]), True),
+        "2**63_python": ([[2**63, 1], [1, 2]], True),
+        "2**64-1_uint64": (np.array([[2**64 - 1, 1], [1, 2]], np.uint64), True),
+        "products_wrap_int64": ([[2**31 - 1, 2**31 - 1], [2**31 - 1, 2**31 - 1]], True),
+        "huge_sum_wraps_to_8": ([[2**32, 2**32], [1, 8]], True),
+        "int64_wrap_to_S": (np.array([[2**62, 4], [1, 8]]), True),
+    }
+    for name, (value, refuse) in ss_cases.items():
+        add(f"modern.msda.spatial_shapes.{name}", "dtype" if name in (
+            "float_array", "float_list", "bool_in_list", "bool_array", "int32", "uint8",
+            "uint64", "object_ints") else "shape", cross_checked(ss(value)),
+            ["spatial_shapes"], refuse=refuse, valid=not refuse,
+            dangerous="2**" in name or "wrap" in name)
+
+    def msda_shape(change, names):
+        def run():
+            kw, _ = spec("multi_scale_deform_attn")
+            for k, f in change.items():
+                kw[k] = dev(md().Tensor(f(arr(kw, k))))
+            return call_op("multi_scale_deform_attn", kw)
+        return run
+    msda_cases = {
+        "locations_M_1": ({"sampling_locations": lambda a: a[:, :, :1]}, ["sampling_locations"]),
+        "locations_L_3": ({"sampling_locations": lambda a: np.concatenate([a, a[:, :, :, :1]], 3)},
+                          ["sampling_locations"]),
+        "locations_last_3": ({"sampling_locations": lambda a: np.concatenate([a, a[..., :1]], -1)},
+                             ["sampling_locations"]),
+        "locations_batch_1": ({"sampling_locations": lambda a: a[:1]}, ["sampling_locations"]),
+        "weights_P_1": ({"attention_weights": lambda a: a[..., :1]}, ["attention_weights"]),
+        "weights_Q_3": ({"attention_weights": lambda a: a[:, :3]}, ["attention_weights"]),
+        "weights_batch_1": ({"attention_weights": lambda a: a[:1]}, ["attention_weights"]),
+        "value_batch_1": ({"value": lambda a: a[:1]}, ["sampling_locations", "value"]),
+        "value_S_9": ({"value": lambda a: np.concatenate([a, a[:, :1]], 1)},
+                      ["spatial_shapes", "value"]),
+        "value_3d": ({"value": lambda a: a.reshape(2, 8, 6)}, ["value"]),
+        "value_M_4_D_1": ({"value": lambda a: np.repeat(a[..., :1], 2, axis=2)},
+                          ["sampling_locations", "value"]),
+        "value_D_7": ({"value": lambda a: np.concatenate([a] * 3, -1)[..., :7]}, None),
+    }
+    for name, (change, names) in msda_cases.items():
+        add(f"modern.msda.{name}", "shape", cross_checked(msda_shape(change, names)),
+            names or ["value"], refuse=names is not None, valid=names is None)
+
+    # --- layouts: Fortran order, negative strides, every other element, zero strides, big-endian
+    # float64; as arrays and as Tensors
+    def layout(op, key, how, as_tensor):
+        def run():
+            kw, _ = spec(op)
+            a = arr(kw, key)
+            if how == "broadcast":  # every item (or row) the first one's: a zero stride
+                a = np.repeat(a[:1], a.shape[0], axis=0)
+            call_op(op, dict(kw, **{key: dev(md().Tensor(a))}))
+            want = list(LAST_RESULT)
+            kw, _ = spec(op)
+            if how == "fortran":
+                v = np.asfortranarray(a)
+            elif how == "broadcast":
+                v = np.broadcast_to(a[:1], a.shape)
+            elif how == "big_endian":  # float64 as read from a file written big-endian
+                v = a.astype(">f8")
+            elif how == "reversed":
+                v = a[::-1].copy()[::-1]
+            elif how == "transposed":
+                v = np.ascontiguousarray(np.swapaxes(a, 0, -1)).swapaxes(0, -1)
+            else:  # every other element of the last axis of a larger array
+                big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+                big[..., ::2] = a
+                big[..., 1::2] = np.nan
+                v = big[..., ::2]
+            if as_tensor:
+                v = md().Tensor(v)
+                if BACKEND == "cuda":
+                    v = v.to("cuda")
+            kw[key] = v
+            verdict = call_op(op, kw, expect_finite=False)
+            if not isinstance(kw[key], md().Tensor):
+                # the caller's array as given: the gradients of the others must match
+                want, got = want[:1], LAST_RESULT[:1]
+            else:
+                got = list(LAST_RESULT)
+            return verdict or differ(got, want, "output/gradient", rtol=1e-12, atol=1e-12)
+        return run
+    layout_keys = {"dcnv3": ["input", "offset", "mask"], "dcnv4": ["input", "offset_mask"],
+                   "multi_scale_deform_attn": ["value", "sampling_locations",
+                                               "attention_weights"],
+                   "gelu": ["input"], "softmax": ["input"], "layer_norm_cl": ["input", "weight"]}
+    for op, keys in layout_keys.items():
+        for key in keys:
+            for how in ("fortran", "reversed", "transposed", "strided", "broadcast",
+                        "big_endian"):
+                for as_t in (False, True):
+                    # a strided Tensor reaches the kernels as a view: dangerous (Numba and
+                    # CUDA check no bounds), so in the reference and cuda subsets too
+                    strided = how == "strided" and as_t
+                    add(f"modern.layout.{op}.{key}.{how}{'.tensor' if as_t else '.array'}",
+                        "shape", layout(op, key, how, as_t), [key], valid=True,
+                        dangerous=strided,
+                        backends=CUDA_FEW if strided and op in (
+                            "dcnv3", "multi_scale_deform_attn", "softmax") else HOST)
+
+    # --- dtypes: mixed, integer, float16, float32 throughout
+    def dtypes(op, key, conv, whole=None):
+        def run():
+            kw, _ = spec(op, whole or np.float64)
+            if key is not None:
+                v = conv(arr(kw, key))
+                kw[key] = dev(md().Tensor(v)) if isinstance(v, np.ndarray) and \
+                    v.dtype in (np.float32, np.float64) else v
+            return call_op(op, kw, expect_finite=False)
+        return run
+    for op, keys in layout_keys.items():
+        for key in keys:
+            if len(keys) > 1:  # gelu and softmax take one array: float32 alone is fine
+                add(f"modern.dtype.{op}.{key}_float32_others_float64", "dtype",
+                    dtypes(op, key, lambda a: a.astype(np.float32)), [key, "dtype"],
+                    refuse=True)
+            add(f"modern.dtype.{op}.{key}_int32_array", "dtype",
+                dtypes(op, key, lambda a: np.round(a * 3).astype(np.int32)), [key, "dtype"])
+        add(f"modern.dtype.{op}.all_float32", "dtype", cross_checked(
+            dtypes(op, None, None, np.float32)), ["dtype"], valid=True)
+
+    # --- devices (cuda only: one argument left on the host)
+    for op, keys in (("dcnv3", ["offset"]), ("multi_scale_deform_attn", ["attention_weights"]),
+                     ("dcnv4", ["offset_mask"])):
+        for key in keys:
+            def mixed(op=op, key=key):
+                kw, _ = spec(op)
+                kw[key] = md().Tensor(arr(kw, key))
+                return call_op(op, kw)
+            add(f"modern.device.{op}.{key}_on_host", "type", mixed, [key, "device"],
+                refuse=True, dangerous=True, backends=("cuda",))
+
+    # --- empty axes: the batch is valid (torch), the others refused naming the argument
+    def empty(op, cuts, valid):
+        def run():
+            kw, _ = spec(op)
+            for key, sl in cuts.items():
+                kw[key] = dev(md().Tensor(np.ascontiguousarray(arr(kw, key)[sl]),
+                                          requires_grad=True))
+            y = op_specs()[op][0](**kw)
+            out = host(y)
+            if valid and out.size != 0:
+                return f"output of shape {out.shape} is not empty"
+            if y.requires_grad:
+                backward(y)
+            for key in cuts:
+                g = kw[key].grad
+                if g is not None and host(g).shape != host(kw[key]).shape:
+                    return f"{key} gradient shape {host(g).shape}"
+            return nonfinite([out])
+        return run
+    N0, H0 = (slice(0, 0),), (slice(None), slice(0, 0))
+    W0, C0 = (slice(None), slice(None), slice(0, 0)), (Ellipsis, slice(0, 0))
+    empties = {
+        "dcnv3.batch0": ("dcnv3", dict(input=N0, offset=N0, mask=N0), True),
+        "dcnv3.H0": ("dcnv3", dict(input=H0), False),
+        "dcnv3.W0": ("dcnv3", dict(input=W0), False),
+        "dcnv3.C0": ("dcnv3", dict(input=C0), False),
+        "dcnv3.batch0_offset_only": ("dcnv3", dict(offset=N0, mask=N0), False),
+        "dcnv4.batch0": ("dcnv4", dict(input=N0, offset_mask=N0), True),
+        "dcnv4.C0": ("dcnv4", dict(input=C0), False),
+        "dcnv4.M0": ("dcnv4", dict(offset_mask=C0), False),
+        "msda.batch0": ("multi_scale_deform_attn", dict(value=N0, sampling_locations=N0,
+                                                        attention_weights=N0), True),
+        "msda.Q0": ("multi_scale_deform_attn", dict(sampling_locations=H0,
+                                                    attention_weights=H0), False),
+        "msda.M0": ("multi_scale_deform_attn", dict(value=W0, sampling_locations=W0,
+                                                    attention_weights=W0), False),
+        "msda.D0": ("multi_scale_deform_attn", dict(value=C0), False),
+        "msda.P0": ("multi_scale_deform_attn", dict(sampling_locations=(Ellipsis, slice(0, 0),
+                                                                        slice(None)),
+                                                    attention_weights=C0), False),
+        "gelu.batch0": ("gelu", dict(input=N0), True),
+        "gelu.last0": ("gelu", dict(input=C0), True),
+        "softmax.batch0": ("softmax", dict(input=N0), True),
+        "softmax.dim0": ("softmax", dict(input=H0), True),
+        "layer_norm_cl.batch0": ("layer_norm_cl", dict(input=N0), True),
+        "layer_norm_cl.C0": ("layer_norm_cl", dict(input=C0, weight=C0, bias=C0), False),
+    }
+    for name, (op, cuts, valid) in empties.items():
+        add(f"modern.empty.{name}", "empty", empty(op, cuts, valid), list(cuts) + [
+            "spatial_shapes", "input"], valid=valid,
+            backends=CUDA_FEW if name.endswith("batch0") or op in ("softmax", "gelu") else HOST)
+
+    def msda_L0():
+        kw, _ = spec("multi_scale_deform_attn")
+        kw.update(spatial_shapes=np.zeros((0, 2), np.int64),
+                  value=dev(md().Tensor(arr(kw, "value")[:, :0])),
+                  sampling_locations=dev(md().Tensor(arr(kw, "sampling_locations")[:, :, :, :0])),
+                  attention_weights=dev(md().Tensor(arr(kw, "attention_weights")[:, :, :, :0])))
+        return call_op("multi_scale_deform_attn", kw)
+    add("modern.empty.msda.L0_S0", "empty", msda_L0, ["spatial_shapes", "value"])
+
+    # --- the caller's arrays changed between forward and backward
+    def mut_build(op, keys):
+        def build():
+            kw, leaves = spec(op)
+            given = {}
+            for key in keys:
+                given[key] = arr(kw, key) if key != "spatial_shapes" else (
+                    SHAPES.copy() if key != "spatial_shapes_list" else SHAPES.tolist())
+                kw[key] = given[key]
+            y = op_specs()[op][0](**kw)
+            return y, [l for l in leaves if l.requires_grad], given
+        return build
+
+    def scramble(given):
+        for a in given.values():
+            if isinstance(a, list):
+                a.reverse()
+            elif a.dtype.kind in "iu":
+                a[...] = a[::-1].copy()  # [[1, 2], [2, 3]]: S is still 8
+            else:
+                a *= 3.0
+                a += 0.25
+    mut_cases = {"dcnv3": [["offset"], ["mask"], ["input"], ["offset", "mask"]],
+                 "dcnv4": [["offset_mask"], ["input"]],
+                 "multi_scale_deform_attn": [["spatial_shapes"], ["sampling_locations"],
+                                             ["attention_weights"], ["value"],
+                                             ["spatial_shapes", "sampling_locations"]],
+                 "layer_norm_cl": [["input"], ["weight"]]}
+    for op, keysets in mut_cases.items():
+        for keys in keysets:
+            # with every Tensor leaf replaced by an array, the gradient is that of the rest
+            add(f"modern.mut.{op}.{'+'.join(keys)}_numpy_changed", "mutation",
+                mutation(mut_build(op, keys), scramble), keys,
+                backends=CUDA_FEW if op == "multi_scale_deform_attn" and
+                keys == ["spatial_shapes"] else HOST)
+
+    # a Tensor's .data changed in place after forward: no op can own that without copying
+    # every input (torch refuses at backward through its version counters; minidcn has none,
+    # like mut.conv2d.input.tensor_data_changed)
+    def td_build(op, key):
+        def build():
+            kw, leaves = spec(op)
+            t = md().Tensor(arr(kw, key))
+            kw[key] = t
+            return op_specs()[op][0](**kw), leaves, t  # the replaced leaf's gradient: None
+        return build
+    for op, key in (("dcnv3", "offset"), ("multi_scale_deform_attn", "sampling_locations")):
+        add(f"modern.mut.{op}.{key}_tensor_data_changed", "mutation",
+            mutation(td_build(op, key), lambda t: t.data.__imul__(3.0)), [key],
+            backends=HOST)
+
+    def ss_list_mut():
+        def build():
+            kw, leaves = spec("multi_scale_deform_attn")
+            shapes = [[2, 3], [1, 2]]
+            kw["spatial_shapes"] = shapes
+            return op_specs()["multi_scale_deform_attn"][0](**kw), leaves, shapes
+        return mutation(build, lambda s: s.reverse())
+    add("modern.mut.multi_scale_deform_attn.spatial_shapes_list_changed", "mutation",
+        ss_list_mut(), ["spatial_shapes"])
+
+    # --- modules: constructors, forward arguments, state files
+    def attention(*args, **kwargs):
+        return lambda nn: nn.MultiScaleDeformableAttention(*args, **kwargs)
+    ctor = {
+        "DCNv3(0)": lambda nn: nn.DCNv3(0), "DCNv3(-4)": lambda nn: nn.DCNv3(-4),
+        "DCNv3(6,group=4)": lambda nn: nn.DCNv3(6, group=4),
+        "DCNv3(8,group=0)": lambda nn: nn.DCNv3(8, group=0),
+        "DCNv3(8,group=16)": lambda nn: nn.DCNv3(8, group=16),
+        "DCNv3(8,kernel_size=2,remove_center=True)": lambda nn: nn.DCNv3(
+            8, kernel_size=2, padding=1, remove_center=True),
+        "DCNv3(8,kernel_size=(3,5),remove_center=True)": lambda nn: nn.DCNv3(
+            8, kernel_size=(3, 5), padding=(1, 2), remove_center=True),
+        "DCNv3(8,kernel_size=0)": lambda nn: nn.DCNv3(8, kernel_size=0),
+        "DCNv3(8,kernel_size=2**31)": lambda nn: nn.DCNv3(8, kernel_size=2**31),
+        "DCNv3(8,stride=2**31)": lambda nn: nn.DCNv3(8, stride=2**31),
+        "DCNv3(8,padding=-1)": lambda nn: nn.DCNv3(8, padding=-1),
+        "DCNv3(8,padding=3)": lambda nn: nn.DCNv3(8, padding=3),
+        "DCNv3(8,offset_scale=nan)": lambda nn: nn.DCNv3(8, offset_scale=np.nan),
+        "DCNv3(8,remove_center=1)": lambda nn: nn.DCNv3(8, remove_center=1),
+        "DCNv3(8.0)": lambda nn: nn.DCNv3(8.0),
+        "DCNv3(2**31,group=1)": lambda nn: nn.DCNv3(2**31, group=1),
+        "DCNv3(2**20,group=1)": lambda nn: nn.DCNv3(2**20, group=1),
+        "DCNv3(8,kernel_size=2**16+1,padding=2**15)": lambda nn: nn.DCNv3(
+            8, kernel_size=2**16 + 1, padding=2**15),
+        "DCNv4(8,kernel_size=2**16+1,padding=2**15)": lambda nn: nn.DCNv4(
+            8, kernel_size=2**16 + 1, padding=2**15),
+        "DCNv4(8,stride=2)": lambda nn: nn.DCNv4(8, stride=2),
+        "DCNv4(6,group=4)": lambda nn: nn.DCNv4(6, group=4),
+        "DCNv4(0)": lambda nn: nn.DCNv4(0),
+        "DCNv4(8,dilation=0)": lambda nn: nn.DCNv4(8, dilation=0),
+        "DCNv4(8,group=True)": lambda nn: nn.DCNv4(8, group=True),
+        "MultiScaleDeformableAttention(10,num_heads=4)": attention(10, 4, 1, 1),
+        "MultiScaleDeformableAttention(0,num_heads=1)": attention(0, 1, 1, 1),
+        "MultiScaleDeformableAttention(8,num_heads=0)": attention(8, 0, 1, 1),
+        "MultiScaleDeformableAttention(8,2,num_levels=0)": attention(8, 2, 0, 1),
+        "MultiScaleDeformableAttention(8,2,1,num_points=-1)": attention(8, 2, 1, -1),
+        "MultiScaleDeformableAttention(embed_dims=2**31)": attention(2**31, 1, 1, 1),
+        "MultiScaleDeformableAttention(embed_dims=2**20)": attention(2**20, 1, 1, 1),
+        "MultiScaleDeformableAttention(8,2,num_levels=2**16,num_points=2**16)":
+            attention(8, 2, 2**16, 2**16),
+        "MultiScaleDeformableAttention(8.0,2)": attention(8.0, 2),
+        "MultiScaleDeformableAttention(8,2,dtype=int)": attention(8, 2, dtype=np.int64),
+    }
+    import re
+    for name, make in ctor.items():
+        arg = re.findall(r"(\w+)=", name)
+        names = (arg or []) + ["channels", "embed_dims", "num_heads", "num_levels",
+                               "num_points", "group", "kernel_size"]
+        add(f"modern.nn.{name}", "hyper", lambda make=make: (make(md().nn), "accepted")[1],
+            names, refuse=True, dangerous="2**" in name)
+
+    def module(kind):
+        nn = md().nn
+        g = np.random.default_rng(0)
+        if kind == "msda":
+            m = nn.MultiScaleDeformableAttention(8, 2, 2, 2, generator=g, dtype=np.float64)
+        else:
+            m = getattr(nn, kind)(8, group=2, dtype=np.float64) if _takes_dtype(nn, kind) \
+                else getattr(nn, kind)(8, group=2).double()
+        return m.to("cuda") if BACKEND == "cuda" else m
+
+    def msda_args(**changes):
+        rng = np.random.default_rng(1)
+        args = dict(query=rng.standard_normal((2, 3, 8)), reference_points=rng.random((2, 3, 2)),
+                    value=rng.standard_normal((2, 8, 8)), spatial_shapes=SHAPES.copy())
+        for k, v in changes.items():
+            args[k] = v(args[k]) if callable(v) else v
+        return {k: (dev(md().Tensor(v)) if k != "spatial_shapes" and isinstance(v, np.ndarray)
+                    else v) for k, v in args.items()}
+
+    def msda_forward(**changes):
+        def run():
+            m = module("msda")
+            y = m(**msda_args(**changes))
+            backward(y)
+            return nonfinite([host(y)])
+        return run
+    fwd = {
+        "query_E_7": (dict(query=lambda a: a[..., :7]), ["query", "embed_dims"]),
+        "value_E_7": (dict(value=lambda a: a[..., :7]), ["value", "embed_dims"]),
+        "value_batch_1": (dict(value=lambda a: a[:1]), ["value"]),
+        "reference_points_3": (dict(reference_points=lambda a: np.concatenate([a, a[..., :1]], -1)),
+                               ["reference_points"]),
+        "reference_points_per_level": (dict(reference_points=lambda a: np.stack([a, a], 2)), None),
+        "reference_points_3_levels": (dict(reference_points=lambda a: np.stack([a] * 3, 2)),
+                                      ["reference_points"]),
+        "reference_points_Q_2": (dict(reference_points=lambda a: a[:, :2]), ["reference_points"]),
+        "reference_points_nan": (dict(reference_points=lambda a: np.full_like(a, np.nan)), None),
+        "reference_points_1e308": (dict(reference_points=lambda a: np.full_like(a, 1e308)), None),
+        "spatial_shapes_3_levels": (dict(spatial_shapes=np.array([[2, 2], [1, 2], [1, 2]])),
+                                    ["spatial_shapes", "num_levels"]),
+        "spatial_shapes_sum_9": (dict(spatial_shapes=np.array([[2, 3], [1, 3]])),
+                                 ["spatial_shapes"]),
+        "spatial_shapes_float": (dict(spatial_shapes=SHAPES.astype(float)), ["spatial_shapes"]),
+        "query_float32": (dict(query=lambda a: a.astype(np.float32)), ["query", "dtype"]),
+        "query_2d": (dict(query=lambda a: a[0]), ["query"]),
+    }
+    for name, (changes, names) in fwd.items():
+        add(f"modern.nn.MultiScaleDeformableAttention.forward.{name}",
+            "shape" if "float" not in name else "dtype", msda_forward(**changes),
+            names or ["reference_points"], refuse=names is not None, valid=names is None,
+            backends=HOST)
+
+    def dcn_forward(kind, make_x, names):
+        def run():
+            m = module(kind)
+            y = m(make_x())
+            backward(y)
+            return nonfinite([host(y)])
+        return run
+    X8 = lambda: np.random.default_rng(2).standard_normal((2, 5, 5, 8))
+    for kind in ("DCNv3", "DCNv4"):
+        for name, (make_x, names, refuse) in {
+                "channels_first": (lambda: dev(md().Tensor(X8().transpose(0, 3, 1, 2).copy())),
+                                   ["input"], True),
+                "channels_6": (lambda: dev(md().Tensor(X8()[..., :6])), ["input"], True),
+                "3d": (lambda: dev(md().Tensor(X8()[0])), ["input"], True),
+                "float32": (lambda: dev(md().Tensor(X8().astype(np.float32))),
+                            ["input", "dtype"], True),
+                "numpy": (X8, ["input"], False),
+                "batch0": (lambda: dev(md().Tensor(X8()[:0])), ["input"], False),
+                "H1_W1": (lambda: dev(md().Tensor(X8()[:, :1, :1])), ["input"], False),
+                "nan": (lambda: dev(md().Tensor(np.full((1, 3, 3, 8), np.nan))), ["input"],
+                        False),
+        }.items():
+            def run(kind=kind, make_x=make_x, name=name):
+                m = module(kind)
+                y = m(make_x())
+                backward(y)
+                if name == "nan":
+                    return None
+                return nonfinite([host(y)])
+            add(f"modern.nn.{kind}.forward.{name}", "shape", run, names, refuse=refuse,
+                valid=not refuse, backends=CUDA_FEW if name == "batch0" else HOST)
+
+    def small_module(make, shape):
+        def run():
+            m = make(md().nn)
+            x = leaf(shape, 3)
+            y = m(dev(x))
+            backward(y)
+            return nonfinite([host(y), host(x.grad)])
+        return run
+    small = {
+        "LayerNorm(4,channels_last=True)(N,C,H,W)": (
+            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 4, 3, 3), ["input"], True),
+        "LayerNorm(4,channels_last=True)(N,H,W,C)": (
+            lambda nn: nn.LayerNorm(4, channels_last=True).double(), (2, 3, 3, 4), ["input"],
+            False),
+        "LayerNorm(4,channels_last=1)": (
+            lambda nn: nn.LayerNorm(4, channels_last=1), (2, 3, 3, 4), ["channels_last"], True),
+        "Softmax(dim=5)": (lambda nn: nn.Softmax(5), (2, 3), ["dim"], True),
+        "Softmax(dim=1.5)": (lambda nn: nn.Softmax(1.5), (2, 3), ["dim"], True),
+        "Softmax(dim=-1)": (lambda nn: nn.Softmax(-1), (2, 3), ["dim"], False),
+        "GELU()(N,0)": (lambda nn: nn.GELU(), (2, 0), ["input"], False),
+    }
+    for name, (make, shape, names, refuse) in small.items():
+        add(f"modern.nn.{name}", "hyper" if refuse else "shape", small_module(make, shape),
+            names, refuse=refuse, valid=not refuse, backends=HOST)
+
+    def module_host_input(kind):
+        def run():
+            m = module(kind)  # on the battery's device (cuda here)
+            if kind == "msda":
+                args = msda_args()
+                args["query"] = md().Tensor(host(args["query"]))
+                y = m(**args)
+            else:
+                y = m(md().Tensor(X8()))
+            backward(y)
+            return "accepted"
+        return run
+    for kind in ("DCNv3", "msda"):
+        add(f"modern.device.nn.{kind}.input_on_host", "type", module_host_input(kind),
+            ["input", "query", "device", "cpu"], refuse=True, dangerous=True,
+            backends=("cuda",))
+
+    def module_shapes_mutated():
+        def build():
+            m = module("msda")
+            args = msda_args()
+            shapes = args["spatial_shapes"]
+            q = leaf((2, 3, 8), 1)
+            args["query"] = dev(q)
+            return m(**args), [q] + list(m.parameters()), shapes
+        return mutation(build, lambda shapes: shapes.__setitem__(slice(None), shapes[::-1].copy()))
+    add("modern.mut.nn.MultiScaleDeformableAttention.spatial_shapes_numpy_changed", "mutation",
+        module_shapes_mutated(), ["spatial_shapes"], backends=HOST)
+
+    def state(kind, edit, names, then_forward=False):
+        def run():
+            m = module(kind)
+            s = {k: np.array(v) for k, v in m.state_dict().items()}
+            s = edit(s)
+            m2 = module(kind)
+            m2.load_state_dict(s)
+            if then_forward:
+                x = X8() if kind != "msda" else None
+                y = m2(dev(md().Tensor(x))) if kind != "msda" else m2(**msda_args())
+                return nonfinite([host(y)])
+            return None
+        return run
+
+    def first_key(s, word):
+        return next(k for k in s if word in k)
+
+    def edit_shape(word):
+        def edit(s):
+            k = first_key(s, word)
+            s[k] = s[k][..., :-1]
+            return s
+        return edit
+
+    def drop(word):
+        def edit(s):
+            del s[first_key(s, word)]
+            return s
+        return edit
+
+    def to_kind(word, dtype):
+        def edit(s):
+            k = first_key(s, word)
+            s[k] = s[k].astype(dtype)
+            return s
+        return edit
+
+    def npz_roundtrip(s):
+        path = os.path.join(tempfile.mkdtemp(prefix="battery"), "block.npz")
+        np.savez(path, **s)
+        return path
+    for kind, word in (("DCNv3", "weight"), ("DCNv4", "weight"), ("msda", "sampling_offsets")):
+        for name, edit, refuse in (("wrong_shape", edit_shape(word), True),
+                                   ("missing_key", drop(word), True),
+                                   ("complex", to_kind(word, np.complex128), True),
+                                   ("object", to_kind(word, object), True),
+                                   ("npz_roundtrip", npz_roundtrip, False)):
+            add(f"modern.file.{kind}.load_state_dict.{name}", "file",
+                state(kind, edit, [word, "state", "block.npz", "."], then_forward=not refuse),
+                [word, "state", "block.npz", "."], refuse=refuse, valid=not refuse,
+                backends=HOST)
+
+    def other_module_state():
+        nn = md().nn
+        src = nn.MultiScaleDeformableAttention(16, 4, 2, 2, dtype=np.float64).state_dict()
+        module("msda").load_state_dict(src)
+        return "accepted"
+    add("modern.file.msda.load_state_dict.embed_dims_16_into_8", "file", other_module_state,
+        ["sampling_offsets", "value_proj", "attention_weights", "output_proj"], refuse=True,
+        backends=HOST)
+
+
+def _takes_dtype(nn, kind):
+    import inspect
+    return "dtype" in inspect.signature(getattr(nn, kind)).parameters
+
+
 # ------------------------------------------------------------------------------ issue repros
 def build_issue():
     def unmutated(make):
@@ -1462,6 +2267,7 @@ def build_all():
     build_empty()
     build_files()
     build_misc()
+    build_modern()
 
 
 # ------------------------------------------------------------------------------ worker
@@ -1659,7 +2465,8 @@ def main():
     p.add_argument("--backend", default="numba", choices=("numba", "reference", "cuda"))
     p.add_argument("--out")
     p.add_argument("--subset", default="all", choices=("all", "dangerous"))
-    p.add_argument("--only", default="")
+    p.add_argument("--only", default="", help="keep the cases whose id contains one of these "
+                   "comma-separated substrings")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--mem-gib", type=float, default=None)
     p.add_argument("--worker", action="store_true")
@@ -1672,7 +2479,7 @@ def main():
     ids = [cid for cid, c in CASES.items()
            if args.backend in c["backends"]
            and (args.subset == "all" or c["dangerous"])
-           and args.only in cid]
+           and any(part in cid for part in args.only.split(","))]
     if args.list:
         for cid in ids:
             print(CASES[cid]["cls"], cid)

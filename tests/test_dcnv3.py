@@ -388,6 +388,20 @@ def test_nonfinite_and_huge_offsets_read_zero_and_get_zero_gradient(backend_name
     assert np.all(np.isfinite(grad_offset)) and np.all(np.isfinite(grad_mask))
 
 
+@pytest.mark.parametrize("scale", [1e308, -1e308])
+def test_an_offset_scale_that_overflows_reads_zero_and_gets_zero_gradient(backend_name, scale):
+    """With s = ±1e308 every point but the centre lands far outside and reads 0; its offset
+    gradient s m Σ w' S is 0.  The numba and cuda kernels computed (s m) first, which
+    overflows to inf for |m| > 1.8, and inf · 0 gave NaN gradients (the battery found it)."""
+    case = dcn_case(size=(3, 4), group=1, per_group=2, seed=19)
+    case["mask"] = 4.0 + case["mask"]  # m in (3, 5): s m overflows
+    kwargs = dict(case["kwargs"], offset_scale=scale)
+    out, grads = run(backend_name, dcnv3_of(kwargs), case["x"], case["offset"], case["mask"])
+    assert np.all(out == 0.0) and all(np.all(g == 0.0) for g in grads)
+    out, grads = run(backend_name, dcnv4_of(kwargs, False), case["x"], v4_case(case))
+    assert np.all(out == 0.0) and all(np.all(g == 0.0) for g in grads)
+
+
 def test_huge_padding_and_stride_read_outside_without_overflow(backend_name):
     """Integer arguments near the 2**31 - 1 limit: every location is about -2**30, far outside,
     so the output and the offset and mask gradients are 0 (no wrapped index reads the image)."""

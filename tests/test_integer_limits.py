@@ -22,6 +22,8 @@ W1 = np.ones((3, 2, 1, 1))
 W2 = np.ones((3, 2, 2, 2))
 OFF1 = np.zeros((1, 2, 4, 4))
 ROIS = np.array([[0, 0, 0, 3, 3.0]])
+X4 = np.zeros((1, 4, 4, 2))  # channels-last, for dcnv3 / dcnv4 (3 x 3 kernel, group 1)
+OFF4, MASK4, OFF_MASK4 = np.zeros((1, 4, 4, 18)), np.zeros((1, 4, 4, 9)), np.zeros((1, 4, 4, 27))
 TOO_BIG = r"must be at most 2\*\*31 - 1 = 2147483647 in magnitude \(the kernels. index arithmetic\)"
 
 HUGE_INTEGERS = [
@@ -49,6 +51,17 @@ HUGE_INTEGERS = [
     (lambda v: nn.DeformConv2d(2, 2, 1, offset_groups=v), "DeformConv2d: offset_groups"),
     (lambda v: nn.GroupNorm(v, 4), "GroupNorm: num_groups"),
     (lambda v: nn.Linear(v, 2), "Linear: in_features"),
+    (lambda v: F.dcnv3(X4, OFF4, MASK4, kernel_size=(1, v)), "dcnv3: kernel_size"),
+    (lambda v: F.dcnv3(X4, OFF4, MASK4, stride=v), "dcnv3: stride"),
+    (lambda v: F.dcnv3(X4, OFF4, MASK4, padding=v), "dcnv3: padding"),
+    (lambda v: F.dcnv3(X4, OFF4, MASK4, dilation=v), "dcnv3: dilation"),
+    (lambda v: F.dcnv3(X4, OFF4, MASK4, group=v), "dcnv3: group"),
+    (lambda v: F.dcnv4(X4, OFF_MASK4, stride=(v, 1)), "dcnv4: stride"),
+    (lambda v: F.dcnv4(X4, OFF_MASK4, group=v), "dcnv4: group"),
+    (lambda v: nn.DCNv3(v), "DCNv3: channels"),
+    (lambda v: nn.DCNv4(8, group=v), "DCNv4: group"),
+    (lambda v: nn.MultiScaleDeformableAttention(8, 2, v),
+     "MultiScaleDeformableAttention: num_levels"),
 ]
 
 
@@ -57,6 +70,23 @@ HUGE_INTEGERS = [
 def test_huge_integers_are_refused_naming_the_argument(call, name, value):
     with pytest.raises(ValueError, match=f"{name} {TOO_BIG}, got -?{int(value)}"):
         call(value)
+
+
+@pytest.mark.parametrize("shapes", [[[1, 2], [2**31, 1]], [[1, 2], [2**62, 1]],
+                                    [[1, 2], [2**64, 1]], [[1, 2], [2**63 + 1, 1]],
+                                    [[1, 2], [np.uint64(2**64 - 1), 1]],
+                                    np.array([[1, 2], [2**64 - 1, 1]], np.uint64)],
+                         ids=["2**31", "2**62", "2**64", "2**63 + 1", "uint64 in a list",
+                              "uint64 2**64 - 1"])
+def test_huge_level_sizes_are_refused_naming_the_level(shapes):
+    """Exactly, as given: a list holding 2**63 + 1 beside small ints is a float64 array to
+    NumPy, and was refused as "dtype float64" (the battery)."""
+    value, locations, weights = (np.zeros((1, 2, 1, 1)), np.zeros((1, 1, 1, 2, 1, 2)),
+                                 np.zeros((1, 1, 1, 2, 1)))
+    with pytest.raises(ValueError, match=r"multi_scale_deform_attn: spatial_shapes\[1, 0\] "
+                                         r"\(H_1\) must be in \[1, 2\*\*31 - 1\] .*got "
+                                         f"{int(shapes[1][0])}"):
+        F.multi_scale_deform_attn(value, shapes, locations, weights)
 
 
 @pytest.mark.parametrize("value, kind", [(2.0, "float"), (True, "bool"), (np.float64(2), "float64"),

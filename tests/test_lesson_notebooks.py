@@ -40,8 +40,8 @@ FIRST_CELL = "import sys, minidcn\nprint('KERNEL-PREFIX', sys.prefix)\nprint('KE
 LAST_CELL = "import matplotlib\nprint('KERNEL-BACKEND', matplotlib.get_backend())"
 
 
-def test_the_lessons_are_numbered_1_to_10():
-    assert sorted(LESSONS) == list(range(1, 11)), sorted(LESSONS)
+def test_the_lessons_are_numbered_1_to_12():
+    assert sorted(LESSONS) == list(range(1, 13)), sorted(LESSONS)
 
 
 def _outputs(notebook, kind=None):

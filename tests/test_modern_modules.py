@@ -311,6 +311,18 @@ def test_state_dict_round_trip(tmp_path, make, arrays):
      "MultiScaleDeformableAttention: embed_dims = 10 must be divisible by num_heads = 4"),
     (lambda: nn.MultiScaleDeformableAttention(8, 2, 1, 0), ValueError,
      "MultiScaleDeformableAttention: num_points must be >= 1, got 0"),
+    # sizes past the element limit are refused naming the block's arguments (they were
+    # refused by an inner Linear naming its in_features and out_features: the battery)
+    (lambda: nn.DCNv3(2**20, group=1), ValueError,
+     r"DCNv3: the projections' weight would have shape \(1048576, 1048576\), .*check channels"),
+    (lambda: nn.DCNv4(8, kernel_size=2**16 + 1, padding=2**15), ValueError,
+     r"DCNv4: the offset head's weight would have shape \(51541180435, 8\), .*check channels, "
+     r"group and kernel_size"),
+    (lambda: nn.MultiScaleDeformableAttention(8, 2, 2**16, 2**16), ValueError,
+     r"MultiScaleDeformableAttention: sampling_offsets' weight would have shape "
+     r"\(17179869184, 8\), .*check embed_dims, num_heads, num_levels and num_points"),
+    (lambda: nn.MultiScaleDeformableAttention(2**20, 1, 1, 1), ValueError,
+     r"MultiScaleDeformableAttention: the projections' weight .*check embed_dims"),
 ])
 def test_constructors_refuse_bad_arguments(call, error, message):
     with pytest.raises(error, match=message):

@@ -241,6 +241,34 @@ def test_reshape_and_permute_gradcheck(shape, seed, data):
     assert minidcn.gradcheck(lambda t: F.reshape(t, (1, -1) + shape[:0]), [leaf(x)])
 
 
+@given(shape=array_shapes(min_dims=1, max_dims=3, max_side=3), seed=seeds, data=st.data())
+def test_cat_joins_like_numpy_and_passes_gradcheck(shape, seed, data):
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    sizes = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+    parts = [arrays(seed + i, shape[:dim % len(shape)] + (n,) + shape[dim % len(shape) + 1:])
+             for i, n in enumerate(sizes)]
+    np.testing.assert_array_equal(F.cat([leaf(p) for p in parts], dim).numpy(),
+                                  np.concatenate(parts, axis=dim))
+    assert minidcn.gradcheck(lambda *ts: F.cat(list(ts), dim) ** 2, [leaf(p) for p in parts])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.cat(Tensor(np.ones((2, 2)))), TypeError, "cat: tensors must be a list or tuple"),
+    (lambda: F.cat([]), ValueError, "cat: tensors must hold at least one tensor"),
+    (lambda: F.cat([np.ones(2)], dim=1), ValueError, "cat: dim=1 is out of range"),
+    (lambda: F.cat([np.ones(2)], dim=0.0), TypeError, "cat: dim must be an int, got float"),
+    (lambda: F.cat([np.ones((2, 3)), np.ones((2, 4))]), ValueError,
+     r"cat: tensors\[1\] has shape \(2, 4\), expected tensors\[0\]'s shape \(2, 3\) except "
+     "along dim 0"),
+    (lambda: F.cat([np.ones(2, np.float32), np.ones(2)]), TypeError,
+     r"cat: tensors\[1\] has dtype float64, expected tensors\[0\]'s float32"),
+    (lambda: F.cat([np.ones(2), "a"]), TypeError, r"cat: tensors\[1\] must be a Tensor"),
+])
+def test_cat_refuses_bad_input_by_name(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
 def test_transpose_and_the_T_property():
     x = arrays(7, (2, 3, 4))
     np.testing.assert_array_equal(F.transpose(leaf(x), 0, 2).numpy(), x.swapaxes(0, 2))

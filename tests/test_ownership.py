@@ -183,18 +183,47 @@ def _host_op_case(op):
         offset = rng.uniform(-1, 1, (1, 18, 2, 2))
         mask = rng.uniform(0, 1, (1, 9, 2, 2))
         return x, F.deform_conv2d(x, offset, weight, mask=mask), [offset, weight, mask]
+    if op in ("dcnv3", "dcnv4"):  # x read channels-last: (N, H, W, C) = (1, 2, 4, 4), 2 groups
+        offset = rng.uniform(-1, 1, (1, 2, 4, 36))
+        mask = rng.uniform(0, 1, (1, 2, 4, 18))
+        if op == "dcnv3":
+            return x, F.dcnv3(x, offset, mask, group=2), [offset, mask]
+        offset_mask = np.concatenate([offset, mask], axis=-1)
+        return x, F.dcnv4(x, offset_mask, group=2, softmax=True), [offset_mask]
+    if op == "multi_scale_deform_attn":  # x read as value (N, S, M, D): one 1 x 2 level
+        shapes = np.array([[1, 2]])
+        locations = rng.uniform(0, 1, (1, 3, 4, 1, 2, 2))
+        weights = rng.uniform(0, 1, (1, 3, 4, 1, 2))
+        return x, F.multi_scale_deform_attn(x, shapes, locations, weights), [shapes, locations,
+                                                                              weights]
     points = rng.uniform(0, 3, (1, 5, 2))
     return x, F.bilinear_sample(x, points), [points]
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
-@pytest.mark.parametrize("op", ["conv2d", "deform_conv2d", "bilinear_sample"])
+@pytest.mark.parametrize("op", ["conv2d", "deform_conv2d", "bilinear_sample", "dcnv3", "dcnv4",
+                                "multi_scale_deform_attn"])
 def test_host_ops_own_numpy_arguments(backend, op):
     def case(device):
         x, out, arrays = _host_op_case(op)
         return (x,), out, lambda: [change(a) for a in arrays]
 
     assert_backward_owns(backend, case)
+
+
+def test_multi_scale_deform_attn_owns_its_spatial_shapes(backend_name):
+    """Swapping the two levels keeps S = 8 (valid), so a shared array would move the gradient."""
+    def case(device):
+        rng = np.random.default_rng(5)
+        value, locations, weights = (leaf(device, a) for a in (
+            rng.standard_normal((1, 8, 2, 3)), rng.uniform(0, 1, (1, 4, 2, 2, 2, 2)),
+            rng.uniform(0, 1, (1, 4, 2, 2, 2))))
+        shapes = np.array([[2, 3], [1, 2]])
+        out = F.multi_scale_deform_attn(value, shapes, locations, weights)
+        return (value, locations, weights), out, lambda: shapes.__setitem__(
+            slice(None), [[1, 2], [2, 3]])
+
+    assert_backward_owns(backend_name, case)
 
 
 def test_cross_entropy_owns_its_target(backend_name):

@@ -19,6 +19,16 @@ def test_float64_data_stays_float64():
     assert Tensor(np.float64(2.5)).dtype == np.float64
 
 
+def test_big_endian_data_keeps_its_precision_in_native_order():
+    """A '>f8' array (as read from a file written big-endian) used to become float32 (the
+    battery found it); it is float64, stored in native byte order for the kernels."""
+    data = np.array([1 + 2.0**-40, -3.25], dtype=">f8")
+    t = Tensor(data)
+    assert t.dtype == np.float64 and t.data.dtype.isnative
+    np.testing.assert_array_equal(t.numpy(), data)
+    assert Tensor(data.astype(">f4")).dtype == np.float32
+
+
 @pytest.mark.parametrize("data", [np.arange(4), np.array([True, False]), [1, 2, 3],
                                   np.arange(3, dtype=np.uint8)])
 def test_ints_and_bools_become_float32(data):

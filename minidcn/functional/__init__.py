@@ -9,7 +9,7 @@ from .arith import add, cast, div, exp, log, mul, neg, pow, sub
 from .linalg import linear, matmul
 from .loss import cross_entropy
 from .reduction import mean, sum
-from .shape import flatten, getitem, permute, reshape, transpose
+from .shape import cat, flatten, getitem, permute, reshape, transpose
 from .conv import *  # noqa: F401,F403  conv2d
 from .pooling import *  # noqa: F401,F403  max_pool2d, avg_pool2d
 from .bilinear import *  # noqa: F401,F403  bilinear_kernel, bilinear_sample

@@ -14,12 +14,14 @@ import numpy as np
 from ..tensor import Tensor
 
 
-def as_tensor(fn: str, name: str, value, like: Tensor | None = None) -> Tensor:
+def as_tensor(fn: str, name: str, value, like: Tensor | None = None,
+              borrowed: bool = False) -> Tensor:
     """A Tensor from a Tensor or array-like; ``like`` fixes dtype and device for constants.
 
     A NumPy array is copied when the Tensor would share its memory: an op may save the
     Tensor for backward, and the caller may reuse its buffer after forward (an op owns
-    what its backward reads).
+    what its backward reads).  ``borrowed=True`` skips that copy for a value only read
+    during the call (the gradient handed to ``Tensor.backward``, which keeps none of it).
     """
     if isinstance(value, Tensor):
         return value
@@ -29,7 +31,7 @@ def as_tensor(fn: str, name: str, value, like: Tensor | None = None) -> Tensor:
         except TypeError as err:
             raise TypeError(f"{fn}: {name} {err}") from None
         t = t.to(like.device) if like is not None else t
-        shared = t.device == "cpu" and isinstance(value, np.ndarray)
+        shared = not borrowed and t.device == "cpu" and isinstance(value, np.ndarray)
         if shared and np.may_share_memory(t.data, value):
             t = Tensor._from_array(t.data.copy())
         return t

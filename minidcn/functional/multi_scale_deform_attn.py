@@ -86,16 +86,17 @@ def _spatial_shapes(fn: str, spatial_shapes, total_rows: int) -> np.ndarray:
     if given.ndim != 2 or given.shape[1] != 2 or given.shape[0] == 0:
         raise ValueError(f"{fn}: {name} must have shape (L, 2) with L >= 1, rows (H_l, W_l), "
                          f"got shape {given.shape}")
-    # Python ints too large for int64 make an object array: they are checked exactly below.
-    # A list mixing bools with ints makes an int array: the bools are refused here.
+    # A list's (or object array's) entries are read as given and checked exactly below: Python
+    # ints too large for int64 make an object array, and an int past 2**63 beside smaller ones
+    # a float64 one.  A list mixing bools with ints makes an int array: the bools are refused.
     entries = list(np.asarray(spatial_shapes, dtype=object).flat) if given.dtype == object or \
         isinstance(spatial_shapes, (list, tuple)) else []
-    integers = given.dtype.kind in "iu" or (given.dtype == object and all(
+    integers = given.dtype.kind in "iu" or (bool(entries) and all(
         isinstance(v, numbers.Integral) for v in entries))
     if not integers or any(isinstance(v, (bool, np.bool_)) for v in entries):
         raise TypeError(f"{fn}: {name} must hold integers (rows (H_l, W_l)), got dtype "
                         f"{given.dtype}{' holding a bool' if integers else ''}")
-    values = [int(v) for v in given.flat]
+    values = [int(v) for v in (entries or given.flat)]
     for k, v in enumerate(values):
         if not 1 <= v <= MAX_INT:
             level, axis = divmod(k, 2)

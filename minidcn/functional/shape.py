@@ -1,7 +1,8 @@
-"""Ops that move elements without changing them: reshape, permute, transpose, getitem.
+"""Ops that move elements without changing them: reshape, permute, transpose, getitem, cat.
 
 Their gradients move the output gradient back the same way: reshape it back, apply the
-inverse permutation, or scatter-add it into the positions the index picked.
+inverse permutation, scatter-add it into the positions the index picked, or cut it into
+the pieces that were joined.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ class GetItem(Function):
         da = zeros(ctx.shape, ctx.dtype, like=g)
         np.add.at(da, ctx.index, g)
         return da
+
+
+class Cat(Function):
+    """out = the inputs joined along ``dim``, in order;  d(input i) = g[..., start_i:end_i, ...]."""
+
+    @staticmethod
+    def forward(ctx, *parts, dim):
+        sizes = [p.shape[dim] for p in parts]
+        ctx.pieces = [(slice(None),) * dim + (slice(start, start + size),)
+                      for start, size in zip(np.cumsum([0] + sizes[:-1]).tolist(), sizes)]
+        shape = parts[0].shape[:dim] + (sum(sizes),) + parts[0].shape[dim + 1:]
+        out = zeros(shape, parts[0].dtype, like=parts[0])
+        for piece, part in zip(ctx.pieces, parts):
+            out[piece] = part
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g[piece] for piece in ctx.pieces)
 
 
 def _is_int(value) -> bool:
@@ -144,3 +164,36 @@ def _normalize_index(index):
         index = np.array(index, copy=True)
         index.flags.writeable = False
     return index
+
+
+def cat(tensors, dim=0) -> Tensor:
+    """``torch.cat``: join ``tensors`` (a non-empty sequence of one dtype and device, of one
+    shape except along ``dim``) along the existing axis ``dim``.
+
+    >>> cat([Tensor([[1, 2]]), Tensor([[3, 4], [5, 6]])]).shape
+    (3, 2)
+    """
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"cat: tensors must be a list or tuple of Tensors, got "
+                        f"{type(tensors).__name__}")
+    if not tensors:
+        raise ValueError("cat: tensors must hold at least one tensor, got an empty sequence")
+    parts = [as_tensor("cat", f"tensors[{i}]", t) for i, t in enumerate(tensors)]
+    first = parts[0]
+    if not _is_int(dim):
+        raise TypeError(f"cat: dim must be an int, got {type(dim).__name__} {dim!r}")
+    if first.ndim == 0 or not -first.ndim <= dim < first.ndim:
+        raise ValueError(f"cat: dim={dim!r} is out of range for tensors[0] of shape {first.shape}")
+    dim = int(dim) % first.ndim
+    for i, t in enumerate(parts[1:], start=1):
+        if t.dtype != first.dtype:
+            raise TypeError(f"cat: tensors[{i}] has dtype {t.dtype}, expected tensors[0]'s "
+                            f"{first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"cat: tensors[{i}] is on {t.device}, expected tensors[0]'s "
+                             f"device {first.device}")
+        if t.ndim != first.ndim or t.shape[:dim] + t.shape[dim + 1:] != \
+                first.shape[:dim] + first.shape[dim + 1:]:
+            raise ValueError(f"cat: tensors[{i}] has shape {t.shape}, expected tensors[0]'s "
+                             f"shape {first.shape} except along dim {dim}")
+    return Cat.apply(*parts, dim=dim)

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional._validate import as_tensor, check_int, check_same_device, check_same_dtype
+from ..functional._validate import (as_tensor, check_elements, check_int, check_same_device,
+                                   check_same_dtype)
 from ..functional.multi_scale_deform_attn import _spatial_shapes
 from . import init
 from .layers import Linear, _layer_dtype
@@ -84,6 +85,10 @@ class MultiScaleDeformableAttention(Module):
             raise ValueError(f"{fn}: embed_dims = {embed_dims} must be divisible by num_heads = "
                              f"{num_heads} (M heads of D = E / M channels)")
         e, m, lv, p = self.embed_dims, self.num_heads, self.num_levels, self.num_points
+        # refused here, naming these arguments, rather than by a Linear naming its features
+        check_elements(fn, "the projections' weight", (e, e), "embed_dims")
+        check_elements(fn, "sampling_offsets' weight", (m * lv * p * 2, e),
+                       "embed_dims, num_heads, num_levels and num_points")
         self.sampling_offsets = Linear(e, m * lv * p * 2, generator=generator, dtype=dtype)
         init.constant_(self.sampling_offsets.weight, 0.0)
         self.sampling_offsets.bias.data[...] = directional_offsets(m, lv, p).reshape(-1)

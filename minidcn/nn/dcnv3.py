@@ -41,7 +41,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..functional._validate import as_tensor, check_float, check_int, pair
+from ..functional._validate import as_tensor, check_elements, check_float, check_int, pair
 from . import init
 from .conv import Conv2d
 from .layers import GELU, Linear, Permute, Sequential, _layer_dtype
@@ -74,6 +74,13 @@ class _Block(Module):
             raise ValueError(f"{fn}: remove_center needs an odd square kernel of at least 3 x 3, "
                              f"got kernel_size {self.kernel_size}")
         self.points = kh * kw - int(self.remove_center)
+        # the widest layer is the offset head, (G·3P rounded up to 8) x C in DCNv4 (G·2P x C
+        # in DCNv3, whose depthwise conv has C·kh·kw weights); refused here, naming the
+        # block's own arguments, rather than by a Linear naming in_ and out_features
+        for what, shape in (("the projections' weight", (self.channels, self.channels)),
+                            ("the offset head's weight",
+                             (self.group * 3 * self.points + 7, self.channels))):
+            check_elements(fn, what, shape, "channels, group and kernel_size")
 
     def _check_same_grid(self, depthwise: bool):
         """The heads predict offsets at each pixel of their input's grid, so the core must

@@ -20,8 +20,9 @@ for the group's D channels, which lie next to each other in the channels-last in
 
 As in numba_cpu, DCNv3 and DCNv4 share the kernels: offsets and modulation are read through a
 layout (og, mg, ms), offset channel g·og + 2p (dx) and the next (dy), modulation channel
-g·mg + ms + p (``formulas.channel_layout``); DCNv4 passes its one offset_mask as both.  The atomic scatter makes the last
-bits of grad_x depend on the order in which a real GPU runs the threads.
+g·mg + ms + p (``formulas.channel_layout``); DCNv4 passes its one offset_mask as both.  The
+atomic scatter makes the last bits of grad_x depend on the order in which a real GPU runs
+the threads.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def _backward_kernel(x, offset, mask, layout, softmax, geometry, scale, group, r
         ox, oy, n = pixel % out_w, (pixel // out_w) % out_h, pixel // (out_w * out_h)
         first = g * per_group
         offsets, logits = offset[n, oy, ox, g * og:], mask[n, oy, ox, g * mg + ms:]
-        grad_offsets, grad_logits = grad_offset[n, oy, ox, g * og:], grad_mask[n, oy, ox, g * mg + ms:]
+        grad_offsets = grad_offset[n, oy, ox, g * og:]
+        grad_logits = grad_mask[n, oy, ox, g * mg + ms:]
         top, total = modulation_stats(logits, points, softmax)
         for p in range(points):
             inside, y0, x0, w, w_dy, w_dx, m = kernel_point(p, oy, ox, offsets, logits, geometry,

@@ -13,9 +13,10 @@ on the channel (``kernel_point``):
   exp(l_p - top) / total over the group's P logits, top and total from ``modulation_stats``.
 
 In the backward pass, from the corner sums S_i = Σ_c G_c x_c(q_i), ``point_gradients`` writes
-the point's offset gradient s m (Σ_i w_dx_i S_i, Σ_i w_dy_i S_i) and modulation gradient
-Σ_i w_i S_i.  Each function is plain Python; ``numba_cpu`` compiles it with ``for_cpu``,
-``cuda`` with ``for_gpu``, the formulas it calls with it (see ``formulas/__init__.py``).
+the point's offset gradient s m (Σ_i w_dx_i S_i, Σ_i w_dy_i S_i) (``offset_gradient``:
+exactly 0 where the sum is 0, even if s m overflows) and modulation gradient Σ_i w_i S_i.
+Each function is plain Python; ``numba_cpu`` compiles it with ``for_cpu``, ``cuda`` with
+``for_gpu``, the formulas it calls with it (see ``formulas/__init__.py``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import math
 
 from .bilinear import bilinear_weights, corner_sum
 
-__all__ = ["channel_layout", "kernel_tap", "sampling_location", "modulation_stats", "modulation", "kernel_point",
-           "point_gradients"]
+__all__ = ["channel_layout", "kernel_tap", "sampling_location", "modulation_stats", "modulation",
+           "kernel_point", "offset_gradient", "point_gradients"]
 
 
 def channel_layout(kernel_size, remove_center, packed):
@@ -93,11 +94,21 @@ def kernel_point(p, oy, ox, offsets, logits, geometry, scale, remove_center, hei
     return inside, y0, x0, w, w_dy, w_dx, modulation(logits[p], softmax, top, total)
 
 
+def offset_gradient(scale, m, slope_sum):
+    """s · m · slope_sum, the gradient of offset dx (or dy) of a point with modulation m, and
+    exactly 0 where slope_sum is 0: a point that reads 0 (outside the band, or at a NaN,
+    infinite or huge location) gets gradient 0 even when s · m overflows to inf, whose
+    product with 0 would be NaN (the reference multiplies m into the sum first)."""
+    if slope_sum == 0.0:
+        return 0.0
+    return scale * m * slope_sum
+
+
 def point_gradients(p, s, m, w, w_dy, w_dx, scale, grad_offsets, grad_logits):
     """Point p's gradients from its corner sums ``s`` = (S_0, ..., S_3): the offset pair
-    s m (Σ_i w_dx_i S_i, Σ_i w_dy_i S_i) into grad_offsets[2p], grad_offsets[2p + 1], and the
-    modulation gradient Σ_i w_i S_i into grad_logits[p] (the group's views, as in
-    ``kernel_point``)."""
-    grad_offsets[2 * p] = scale * m * corner_sum(w_dx, s)
-    grad_offsets[2 * p + 1] = scale * m * corner_sum(w_dy, s)
+    s m (Σ_i w_dx_i S_i, Σ_i w_dy_i S_i) (``offset_gradient``) into grad_offsets[2p],
+    grad_offsets[2p + 1], and the modulation gradient Σ_i w_i S_i into grad_logits[p] (the
+    group's views, as in ``kernel_point``)."""
+    grad_offsets[2 * p] = offset_gradient(scale, m, corner_sum(w_dx, s))
+    grad_offsets[2 * p + 1] = offset_gradient(scale, m, corner_sum(w_dy, s))
     grad_logits[p] = corner_sum(w, s)

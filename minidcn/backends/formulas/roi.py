@@ -4,7 +4,8 @@ Each function is plain Python of scalars (``backends/reference/roi_pool.py`` sta
 same conventions over whole arrays, with the reasons behind them); ``numba_cpu/roi_pool.py``
 compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``, with the
 formulas they call (``sample_corners`` is built from the ones before it; the sum over the
-four corners is ``corner_sum`` of ``formulas/bilinear.py``, the same sum in the same order).  No two-argument ``max``/``min``: they do not compile
+four corners is ``corner_sum`` of ``formulas/bilinear.py``, the same sum in the same order).
+No two-argument ``max``/``min``: they do not compile
 for the CUDA target (see ``tests/test_cuda_compiles.py``); clips are comparisons.
 
 roi_pool (whole pixels)::

@@ -36,8 +36,9 @@ so the work per point outside the channel loop decides the speed):
 * **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
   layout (offset channel g·og + 2p for dx and the next for dy, modulation channel
   g·mg + ms + p; ``formulas.channel_layout``): (2P, P, 0) over DCNv3's two tensors,
-  (3P, 3P, 2P) over DCNv4's single offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
-  array, so its padding channels (from G·3P on) keep gradient 0.
+  (3P, 3P, 2P) over DCNv4's single offset_mask, passed as both; DCNv4's backward writes
+  both gradients into one zeroed array, so its padding channels (from G·3P on) keep
+  gradient 0.
 
 Measured (N=8, 56×56, G=4, D=16, 3×3, float32, CPU time of one thread, on the shared
 2-core machine with load average 10-25, so only the ratio means much): forward 24 -> 19 ms,
@@ -148,6 +149,7 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
         grad_xpad[n, q_i + 1, g·D + c] += m w_i G_c                (the scatter)
         S_i = Σ_c G_c x_c(q_i)                                    (the gradient reaching corner i)
         grad_offset[dx of (g, p)] = s m Σ_i w_dx_i S_i,  [dy of (g, p)] = s m Σ_i w_dy_i S_i
+                                  (0 where the sum is 0, even if s m overflows: offset_gradient)
         grad_mask[(g, p)]         = Σ_i w_i S_i
 
     then, with softmax, grad_mask[(g, p)] <- m_p (grad_mask[(g, p)] - Σ_q m_q grad_mask[(g, q)])

@@ -20,6 +20,17 @@ How the work is split:
 * every element-wise pass walks one channel row ``x[n, c]`` with an index from 0: an index
   that starts elsewhere (``range(k * L, ...)``) makes numba check it for negative values
   on every element, which keeps the loop from being vectorised (measured 5x slower).
+* the element-wise passes are small functions of their own, :func:`scale_row` and
+  :func:`combine_rows`, called once per row.  Written out inline, inside the loops over
+  groups and channels, the same loop compiled to slower code: the group norm backward
+  for the benchmark's (8, 64, 64, 64) took about 2.0 ms of CPU time instead of 1.6 ms
+  (float32 results are the same bits either way; float64 ones differ in the last bits).
+
+What bounds these kernels is memory, not arithmetic: the forward reads x and writes y,
+the backward reads dy and x and writes dx, each once from memory (the second pass over a
+group finds it in cache).  On the 2-core machine of the benchmark, summing 8 MB of float32
+took 0.25 ms of CPU time and copying it 0.57 ms; the group norm forward took 0.8 ms and
+the backward 1.0 ms for (8, 64, 64, 64), so little is left to gain inside them.
 """
 
 from __future__ import annotations
@@ -68,6 +79,21 @@ def row_sum_and_dot(dy, x, mu):
     return sum_dy, sum_dy_xc
 
 
+@njit(cache=True, fastmath=REORDER)
+def scale_row(x, a, b, y):
+    """y_i = a x_i + b over a 1-D array (the forward's element pass), in float64."""
+    for i in range(x.shape[0]):
+        y[i] = x[i] * a + b
+
+
+@njit(cache=True, fastmath=REORDER)
+def combine_rows(dy, x, dy_coef, x_coef, constant, dx):
+    """dx_i = dy_coef dy_i + x_coef x_i + constant over 1-D arrays (the backward's element
+    pass), in float64."""
+    for i in range(dy.shape[0]):
+        dx[i] = dy_coef * dy[i] + x_coef * x[i] + constant
+
+
 def _as_channels(a, n, c):
     """A C-contiguous (N, C, L) view of an (N, C, *) array (a copy only if it must)."""
     return np.ascontiguousarray(a).reshape(n, c, -1)
@@ -101,10 +127,7 @@ def _group_norm_forward(x, num_groups, gamma, beta, eps, y, mean, rstd):
         rstd[n, g] = r
         for c in range(g * per_group, (g + 1) * per_group):
             a = r * gamma[c]
-            b = beta[c] - mu * a
-            x_c, y_c = x[n, c], y[n, c]
-            for i in range(length):
-                y_c[i] = x_c[i] * a + b
+            scale_row(x[n, c], a, beta[c] - mu * a, y[n, c])
 
 
 @njit(cache=True, parallel=True, fastmath=REORDER)
@@ -136,10 +159,7 @@ def _group_norm_backward(dy, x, mean, rstd, gamma, dx, dgamma_part, dbeta_part):
         x_coef = -r * r * mean_h_xhat
         constant = r * (mu * r * mean_h_xhat - mean_h)
         for c in range(g * per_group, (g + 1) * per_group):
-            dy_coef = r * gamma[c]
-            dy_c, x_c, dx_c = dy[n, c], x[n, c], dx[n, c]
-            for i in range(length):
-                dx_c[i] = dy_coef * dy_c[i] + x_coef * x_c[i] + constant
+            combine_rows(dy[n, c], x[n, c], r * gamma[c], x_coef, constant, dx[n, c])
 
 
 def group_norm_forward(x, num_groups, weight, bias, eps):
@@ -198,7 +218,7 @@ def _batch_norm_forward(x, mean, var, gamma, beta, eps, y, save_mean, save_rstd)
 
     As in group norm, computed as y = a_c x + b_c with a_c = r_c γ_c, b_c = β_c - μ_c a_c.
     """
-    batch, channels, length = x.shape
+    batch, channels = x.shape[:2]
     for c in prange(channels):
         mu = np.float64(mean[c])
         r = inverse_std(np.float64(var[c]), eps)
@@ -207,9 +227,7 @@ def _batch_norm_forward(x, mean, var, gamma, beta, eps, y, save_mean, save_rstd)
         a = r * gamma[c]
         b = beta[c] - mu * a
         for n in range(batch):
-            x_c, y_c = x[n, c], y[n, c]
-            for i in range(length):
-                y_c[i] = x_c[i] * a + b
+            scale_row(x[n, c], a, b, y[n, c])
 
 
 @njit(cache=True, parallel=True, fastmath=REORDER)
@@ -236,9 +254,7 @@ def _batch_norm_backward(dy, x, save_mean, save_rstd, gamma, training, dx, dgamm
         x_coef = -scale * r * mean_dy_xhat
         constant = scale * (mu * r * mean_dy_xhat - mean_dy)
         for n in range(batch):
-            dy_c, x_c, dx_c = dy[n, c], x[n, c], dx[n, c]
-            for i in range(length):
-                dx_c[i] = scale * dy_c[i] + x_coef * x_c[i] + constant
+            combine_rows(dy[n, c], x[n, c], scale, x_coef, constant, dx[n, c])
 
 
 def batch_norm_stats(x):
