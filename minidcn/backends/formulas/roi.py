@@ -3,10 +3,9 @@
 Each function is plain Python of scalars (``backends/reference/roi_pool.py`` states the
 same conventions over whole arrays, with the reasons behind them); ``numba_cpu/roi_pool.py``
 compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``, with the
-formulas they call (``sample_corners`` is built from the ones before it; the sum over the
-four corners is ``corner_sum`` of ``formulas/bilinear.py``, the same sum in the same order).
-No two-argument ``max``/``min``: they do not compile
-for the CUDA target (see ``tests/test_cuda_compiles.py``); clips are comparisons.
+formulas they call (``sample_corners`` is built from the ones before it).  No
+two-argument ``max``/``min``: they do not compile for the CUDA target (see
+``tests/test_cuda_compiles.py``); clips are comparisons.
 
 roi_pool (whole pixels)::
 
@@ -31,8 +30,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from .bilinear import corner_sum
 
 INT_LIMIT = 2.0**31
 FLT_MAX = float(np.finfo(np.float32).max)  # where roi_pool's scan starts, as in torchvision
@@ -160,8 +157,8 @@ def sample_corners(y, x, height, width):
 
 
 def bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11):
-    """sum_n w_n v_n over the four corners (``corner_sum``)."""
-    return corner_sum((w00, w01, w10, w11), (v00, v01, v10, v11))
+    """sum_n w_n v_n over the four corners."""
+    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
 
 
 def position_slopes(y1_minus_y, y_minus_y0, x1_minus_x, x_minus_x0, v00, v01, v10, v11):
