@@ -4,11 +4,11 @@ The formula and its gradients are in ``backends/reference/multi_scale_deform_att
 
     out[n, q, m·D + d] = Σ_l Σ_p A[n, q, m, l, p] · value_l[n, :, :, m, d](v H_l - 0.5, u W_l - 0.5)
 
-The scalar formulas (``level_pixel``: the pixel position of a normalised location;
-``bilinear_weights``: its corner, weights and their derivatives; ``corner_rows``: the rows
-of the channels-last value that hold its four neighbours; ``corner_sum``) are written once
-in ``formulas/`` and compiled here as device functions with ``for_gpu``; the numba_cpu
-backend compiles the same source.
+The scalar formulas (``sampling_point``: the rows of the channels-last value that hold a
+point's four neighbours, its bilinear weights and their derivatives; ``point_gradients``:
+a point's gradients from its corner sums) are written once in
+``formulas/multi_scale_deform_attn.py``, from the bilinear ones, and compiled here as device
+functions with ``for_gpu``; the numba_cpu backend compiles the same source.
 
 One thread per (n, q, m), looping over the levels and points, the weights computed once per
 point and reused across the head's D channels.  The forward pass writes only the thread's
@@ -35,16 +35,12 @@ from numba import cuda, float64
 
 from ...device.array import CudaArray
 from ...device.launch import grid_for
-from ..formulas import bilinear as bilinear_formulas
 from ..formulas import for_gpu
 from ..formulas import multi_scale_deform_attn as formulas
 
 __all__ = ["multi_scale_deform_attn_forward", "multi_scale_deform_attn_backward"]
 
-bilinear_weights = for_gpu(bilinear_formulas.bilinear_weights)
-corner_sum = for_gpu(bilinear_formulas.corner_sum)
-level_pixel = for_gpu(formulas.level_pixel)
-corner_rows = for_gpu(formulas.corner_rows)
+sampling_point, point_gradients = for_gpu(formulas.sampling_point, formulas.point_gradients)
 
 
 @cuda.jit
@@ -56,22 +52,15 @@ def _forward_kernel(value, spatial_shapes, locations, weights, out):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         for d in range(value.shape[3]):
             out[n, q, m, d] = 0.0
-        start = 0  # the level's first row in value's S axis
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                y, x = level_pixel(locations[n, q, m, level, p, 0], locations[n, q, m, level, p, 1],
-                                   height, width)
-                inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
-                if inside:
-                    rows = corner_rows(y0, x0, height, width, start)
-                    a = weights[n, q, m, level, p]
-                    for i in range(4):
-                        if rows[i] >= 0:
-                            coefficient = a * w[i]
-                            for d in range(value.shape[3]):
-                                out[n, q, m, d] += coefficient * value[n, rows[i], m, d]
-            start += height * width
+                rows, w, _, _ = sampling_point(spatial_shapes, level, locations[n, q, m, level, p])
+                a = weights[n, q, m, level, p]
+                for i in range(4):
+                    if rows[i] >= 0:  # a neighbour that is read
+                        coefficient = a * w[i]
+                        for d in range(value.shape[3]):
+                            out[n, q, m, d] += coefficient * value[n, rows[i], m, d]
 
 
 @cuda.jit
@@ -86,28 +75,22 @@ def _backward_kernel(grad_out, value, spatial_shapes, locations, weights, grad_v
     _, queries, heads, levels, points = weights.shape
     for t in range(cuda.grid(1), weights.shape[0] * queries * heads, cuda.gridsize(1)):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
-        start = 0
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                y, x = level_pixel(locations[n, q, m, level, p, 0], locations[n, q, m, level, p, 1],
-                                   height, width)
-                inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
-                rows = corner_rows(y0, x0, height, width, start)  # used only inside
+                rows, w, w_dy, w_dx = sampling_point(spatial_shapes, level,
+                                                     locations[n, q, m, level, p])
                 a = weights[n, q, m, level, p]
                 s = cuda.local.array(4, float64)
                 for i in range(4):
                     s[i] = 0.0
-                    if inside and rows[i] >= 0:
+                    if rows[i] >= 0:
                         coefficient = a * w[i]
                         for d in range(value.shape[3]):
                             g = grad_out[n, q, m, d]
                             s[i] += g * value[n, rows[i], m, d]
                             cuda.atomic.add(grad_value, (n, rows[i], m, d), coefficient * g)
-                grad_weights[n, q, m, level, p] = corner_sum(w, s)
-                grad_locations[n, q, m, level, p, 0] = width * a * corner_sum(w_dx, s)
-                grad_locations[n, q, m, level, p, 1] = height * a * corner_sum(w_dy, s)
-            start += height * width
+                grad_weights[n, q, m, level, p] = point_gradients(
+                    spatial_shapes, level, s, a, w, w_dy, w_dx, grad_locations[n, q, m, level, p])
 
 
 def multi_scale_deform_attn_forward(value, spatial_shapes, sampling_locations, attention_weights):

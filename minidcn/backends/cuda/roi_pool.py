@@ -39,9 +39,7 @@ _window_max = for_gpu(formulas.window_max)
 _roi_geometry = for_gpu(formulas.roi_geometry)
 _sample_count = for_gpu(formulas.sample_count)
 _sample_coord = for_gpu(formulas.sample_coord)
-_inside_band = for_gpu(formulas.inside_band)
-_axis_corners = for_gpu(formulas.axis_corners)
-_corner_weights = for_gpu(formulas.corner_weights)
+_sample_corners = for_gpu(formulas.sample_corners)
 _bilinear_value = for_gpu(formulas.bilinear_value)
 _position_slopes = for_gpu(formulas.position_slopes)
 _channel = for_gpu(formulas.channel)
@@ -119,19 +117,15 @@ def _roi_setup(rois, k, ph, pw, spatial_scale, sampling_ratio, aligned):
 @cuda.jit(device=True)
 def _bin_sample(geometry, offset, gamma, k, i, j, ph, pw, s, height, width):
     """Sample s (row-major in the grid) of bin (i, j) of RoI k, moved by the bin's offset:
-    (y, x, inside, y0, y1, x0, x1, w00, w01, w10, w11), the corners by ``_bilinear_corners``::
+    (y, x, inside, y0, y1, x0, x1, w00, w01, w10, w11), the corners by ``_sample_corners``::
 
         y = (y_start + gamma roi_h offset[k, 1, i, j]) + i bin_h + (iy + 0.5) bin_h / grid_h
     """
     y_start, x_start, roi_h, roi_w, grid_h, grid_w = geometry
     y = _sample_coord(y_start, roi_h, offset[k, 1, i, j], gamma, i, ph, s // grid_w, grid_h)
     x = _sample_coord(x_start, roi_w, offset[k, 0, i, j], gamma, j, pw, s % grid_w, grid_w)
-    if not _inside_band(y, x, height, width):
-        return y, x, False, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
-    y0, y1, ly = _axis_corners(y, height)
-    x0, x1, lx = _axis_corners(x, width)
-    w00, w01, w10, w11 = _corner_weights(ly, lx)
-    return y, x, True, y0, y1, x0, x1, w00, w01, w10, w11
+    inside, y0, y1, x0, x1, w = _sample_corners(y, x, height, width)
+    return y, x, inside, y0, y1, x0, x1, w[0], w[1], w[2], w[3]
 
 
 @cuda.jit

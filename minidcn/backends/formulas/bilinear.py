@@ -71,7 +71,7 @@ def add_corner_products(s, g, x, n, c, y0, x0):
 
     ``s`` is the tuple of the four running sums, ``g`` the upstream gradient G_c of the
     point on channel c, ``x`` the (N, C, H, W) image; a neighbour outside the image reads
-    as 0 (zero padding).  (A formula calls no other formula: each is compiled on its own.)
+    as 0 (zero padding).
     """
     top, bottom = 0 <= y0 < x.shape[2], 0 <= y0 + 1 < x.shape[2]
     left, right = 0 <= x0 < x.shape[3], 0 <= x0 + 1 < x.shape[3]

@@ -2,10 +2,10 @@
 
 Each function is plain Python of scalars (``backends/reference/roi_pool.py`` states the
 same conventions over whole arrays, with the reasons behind them); ``numba_cpu/roi_pool.py``
-compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``.  None calls
-another (numba compiles a call only to a compiled function, and each target compiles its
-own), so a backend composes them.  No two-argument ``max``/``min``: they do not compile
-for the CUDA target (see ``tests/test_cuda_compiles.py``); clips are comparisons.
+compiles them with ``for_cpu`` and ``cuda/roi_pool.py`` with ``for_gpu``, with the
+formulas they call (``sample_corners`` is built from the ones before it).  No
+two-argument ``max``/``min``: they do not compile for the CUDA target (see
+``tests/test_cuda_compiles.py``); clips are comparisons.
 
 roi_pool (whole pixels)::
 
@@ -142,6 +142,18 @@ def corner_weights(ly, lx):
     """The bilinear weights of corners (y0, x0), (y0, x1), (y1, x0), (y1, x1)."""
     hy, hx = 1.0 - ly, 1.0 - lx
     return hy * hx, hy * lx, ly * hx, ly * lx
+
+
+def sample_corners(y, x, height, width):
+    """``(inside, y0, y1, x0, x1, w)`` of a sample at (y, x) by torchvision's rule: whether it
+    is read at all (``inside_band``), its corner rows and columns (``axis_corners``) and the
+    weights ``w`` of corners (y0, x0), (y0, x1), (y1, x0), (y1, x1) (``corner_weights``);
+    outside, zeros."""
+    if not inside_band(y, x, height, width):
+        return False, 0, 0, 0, 0, (0.0, 0.0, 0.0, 0.0)
+    y0, y1, ly = axis_corners(y, height)
+    x0, x1, lx = axis_corners(x, width)
+    return True, y0, y1, x0, x1, corner_weights(ly, lx)
 
 
 def bilinear_value(w00, w01, w10, w11, v00, v01, v10, v11):

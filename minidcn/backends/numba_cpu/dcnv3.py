@@ -17,9 +17,9 @@ so the work per point outside the channel loop decides the speed):
   compiles to vector instructions.
 * **A plan per point, computed once.**  The location, the corner, the four bilinear weights,
   their slopes and the modulation depend on (image, output pixel, group, point), not on the
-  channel: ``_plan`` computes them for a group's P points (``formulas/dcnv3.py`` for the
-  geometry, ``formulas/bilinear.py`` for the weights) into small per-thread arrays, then the
-  channel loops run over them.  The backward pass computes the plan once per point and uses
+  channel: ``_plan`` computes them for a group's P points (the formula ``kernel_point`` in
+  ``formulas/dcnv3.py``, built on ``formulas/bilinear.py``) into small per-thread arrays,
+  then the channel loops run over them.  The backward pass computes the plan once per point and uses
   it for both the scatter into grad_x and the offset and modulation gradients.
 * **One loop per written array.**  The scatter adds m·w_i·G_c to four corners.  Written as
   one loop over c with four stores, the backward took 8 ms more (of 68) than with four loops
@@ -35,9 +35,10 @@ so the work per point outside the channel loop decides the speed):
   summed in place over the P points.
 * **DCNv3 and DCNv4 are one loop.**  The kernels read offsets and modulation through a
   layout (offset channel g·og + 2p for dx and the next for dy, modulation channel
-  g·mg + ms + p): (2P, P, 0) over DCNv3's two tensors, (3P, 3P, 2P) over DCNv4's single
-  offset_mask, passed as both; DCNv4's backward writes both gradients into one zeroed
-  array, so its padding channels (from G·3P on) keep gradient 0.
+  g·mg + ms + p; ``formulas.channel_layout``): (2P, P, 0) over DCNv3's two tensors,
+  (3P, 3P, 2P) over DCNv4's single offset_mask, passed as both; DCNv4's backward writes
+  both gradients into one zeroed array, so its padding channels (from G·3P on) keep
+  gradient 0.
 
 Measured (N=8, 56×56, G=4, D=16, 3×3, float32, CPU time of one thread, on the shared
 2-core machine with load average 10-25, so only the ratio means much): forward 24 -> 19 ms,
@@ -57,21 +58,17 @@ has N·G tasks, so one image with one group runs on one thread.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
 from ..formulas import dcnv3 as formulas
 from ..formulas import for_cpu
-from .bilinear import bilinear_weights, corner_sum
 from .floating import REORDER
 
 __all__ = ["dcnv3_forward", "dcnv3_backward", "dcnv4_forward", "dcnv4_backward"]
 
-offset_gradient = for_cpu(formulas.offset_gradient)
-sampling_location = for_cpu(formulas.sampling_location)
-softmax_stats = for_cpu(formulas.softmax_stats)
+kernel_point, modulation_stats, point_gradients = for_cpu(
+    formulas.kernel_point, formulas.modulation_stats, formulas.point_gradients)
 
 
 @njit(cache=True, inline="always")
@@ -82,40 +79,28 @@ def _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale, remo
     Fills, per point p: ``corner[p]``, the flat index (in the padded image of one picture,
     (H+2)·(W+2)·C values) of channel g·D of its top-left neighbour (y0, x0), or -1 outside
     the band; ``w[p]``, ``w_dy[p]``, ``w_dx[p]``, the four bilinear weights and their
-    slopes (``formulas/bilinear.py``, the slopes only with ``slopes``: the backward's);
-    ``m[p]``, its modulation scalar.  Inlined into both passes, neither of which is compiled
-    with fastmath: the locations, and so the side of a pixel-integer position a point falls
-    on, are rounded exactly as in the reference.
+    slopes (the slopes only with ``slopes``: the backward's); ``m[p]``, its modulation
+    scalar; all but ``corner`` from the formula ``kernel_point`` (``formulas/dcnv3.py``, the
+    cuda kernels' too).  Inlined into both passes, neither of which is compiled with
+    fastmath: the locations, and so the side of a pixel-integer position a point falls on,
+    are rounded exactly as in the reference.
     """
-    kh, kw = geometry[0], geometry[1]
     og, mg, ms = layout
     points = corner.shape[0]
     row = (width + 2) * channels
-    top, total = 0.0, 1.0
-    if softmax:
-        top, total = softmax_stats(modulation, g * mg + ms, points)
-    p = -1
-    for i in range(kw):  # kernel point p = (column i, row j), x-major
-        for j in range(kh):
-            if remove_center and i == kw // 2 and j == kh // 2:
-                continue
-            p += 1
-            y, x = sampling_location(oy, ox, i, j, offsets[g * og + 2 * p],
-                                     offsets[g * og + 2 * p + 1], geometry, scale)
-            inside, y0, x0, wp, wy, wx = bilinear_weights(y, x, height, width)
-            m[p] = _modulation(modulation, g * mg + ms + p, softmax, top, total)
-            corner[p] = (y0 + 1) * row + (x0 + 1) * channels if inside else -1
+    offsets, logits = offsets[g * og:], modulation[g * mg + ms:]
+    top, total = modulation_stats(logits, points, softmax)
+    for p in range(points):
+        inside, y0, x0, wp, wy, wx, mp = kernel_point(p, oy, ox, offsets, logits, geometry, scale,
+                                                      remove_center, height, width, softmax, top,
+                                                      total)
+        m[p] = mp
+        corner[p] = (y0 + 1) * row + (x0 + 1) * channels if inside else -1
+        for k in range(4):
+            w[p, k] = wp[k]
+        if slopes:  # the backward's; the forward leaves w_dy, w_dx unwritten
             for k in range(4):
-                w[p, k] = wp[k]
-            if slopes:  # the backward's; the forward leaves w_dy, w_dx unwritten
-                for k in range(4):
-                    w_dy[p, k], w_dx[p, k] = wy[k], wx[k]
-
-
-@njit(cache=True, inline="always")
-def _modulation(row, channel, softmax, top, total):
-    """The modulation scalar of one point: the raw value, or exp(l - top) / total."""
-    return math.exp(row[channel] - top) / total if softmax else row[channel]
+                w_dy[p, k], w_dx[p, k] = wy[k], wx[k]
 
 
 @njit(cache=True, parallel=True)
@@ -190,7 +175,8 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
             for ox in range(out_w):
                 offsets, modulation = offset[n, oy, ox], mask[n, oy, ox]
                 grad = grad_out[n, oy, ox, g * per_group:(g + 1) * per_group]
-                grad_offsets, grad_modulation = grad_offset[n, oy, ox], grad_mask[n, oy, ox]
+                grad_offsets = grad_offset[n, oy, ox, first_offset:]
+                grad_logits = grad_mask[n, oy, ox, first_mask:]
                 _plan(offsets, modulation, oy, ox, g, layout, softmax, geometry, scale,
                       remove_center, height, width, channels, corner, w, w_dy, w_dx, m, True)
                 for p in range(points):
@@ -200,17 +186,14 @@ def _backward(xpad, offset, mask, layout, softmax, geometry, scale, group, remov
                         s = _corner_dots(grad, image, b, channels, row)
                         _scatter(grad, grad_image, b, channels, row, cast(m[p] * w[p, 0]),
                                  cast(m[p] * w[p, 1]), cast(m[p] * w[p, 2]), cast(m[p] * w[p, 3]))
-                    grad_offsets[first_offset + 2 * p] = offset_gradient(
-                        scale, m[p], corner_sum(w_dx[p], s))
-                    grad_offsets[first_offset + 2 * p + 1] = offset_gradient(
-                        scale, m[p], corner_sum(w_dy[p], s))
-                    grad_modulation[first_mask + p] = corner_sum(w[p], s)
+                    point_gradients(p, s, m[p], w[p], w_dy[p], w_dx[p], scale, grad_offsets,
+                                    grad_logits)
                 if softmax:
                     dot = 0.0
                     for p in range(points):
-                        dot += m[p] * grad_modulation[first_mask + p]
+                        dot += m[p] * grad_logits[p]
                     for p in range(points):
-                        grad_modulation[first_mask + p] = m[p] * (grad_modulation[first_mask + p] - dot)
+                        grad_logits[p] = m[p] * (grad_logits[p] - dot)
 
 
 @njit(cache=True, fastmath=REORDER)
@@ -257,68 +240,60 @@ def _padded(x):
     return xpad
 
 
-def _points(kernel_size, remove_center):
-    return kernel_size[0] * kernel_size[1] - int(remove_center)
-
-
-def _run_forward(x, offset, mask, layout, softmax, out_size, kernel_size, stride, padding,
-                 dilation, group, offset_scale, remove_center):
+def _run_forward(x, offset, mask, packed, softmax, kernel_size, stride, padding, dilation, group,
+                 offset_scale, remove_center):
+    """The forward kernel over (x, offset, mask), or over (x, offset_mask, offset_mask) when
+    ``packed`` (DCNv4): ``formulas.channel_layout`` says where each point's channels are."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
-    out = np.empty((x.shape[0], *out_size, x.shape[3]), x.dtype)
-    _forward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
-             bool(remove_center), out)
+    out = np.empty((x.shape[0], *offset.shape[1:3], x.shape[3]), x.dtype)
+    _forward(_padded(x), offset, mask, formulas.channel_layout(kernel_size, remove_center, packed),
+             softmax, geometry, float(offset_scale), group, bool(remove_center), out)
     return out
 
 
-def _run_backward(grad_out, x, offset, mask, layout, softmax, grad_offset, grad_mask, kernel_size,
-                  stride, padding, dilation, group, offset_scale, remove_center):
+def _run_backward(grad_out, x, offset, mask, packed, softmax, kernel_size, stride, padding,
+                  dilation, group, offset_scale, remove_center):
+    """(grad_x, grad_offset, grad_mask) from the backward kernel; when ``packed`` (DCNv4) the
+    two are one zeroed array, so its padding channels (from G·3P on) keep gradient 0."""
     geometry = (*kernel_size, *stride, *padding, *dilation)
     grad_xpad = np.zeros((x.shape[0], x.shape[1] + 2, x.shape[2] + 2, x.shape[3]), x.dtype)
-    _backward(_padded(x), offset, mask, layout, softmax, geometry, float(offset_scale), group,
-              bool(remove_center), np.ascontiguousarray(grad_out, dtype=x.dtype), grad_xpad,
-              grad_offset, grad_mask)
-    return np.ascontiguousarray(grad_xpad[:, 1:-1, 1:-1])
+    grad_offset = np.zeros_like(offset) if packed else np.empty_like(offset)
+    grad_mask = grad_offset if packed else np.empty_like(mask)
+    _backward(_padded(x), offset, mask, formulas.channel_layout(kernel_size, remove_center, packed),
+              softmax, geometry, float(offset_scale), group, bool(remove_center),
+              np.ascontiguousarray(grad_out, dtype=x.dtype), grad_xpad, grad_offset, grad_mask)
+    return np.ascontiguousarray(grad_xpad[:, 1:-1, 1:-1]), grad_offset, grad_mask
 
 
 def dcnv3_forward(x, offset, mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center):
     """out (N, H_out, W_out, G·D) = Σ_p m_p x(y_p, x_p) per group (see the module docstring)."""
     x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset, mask, (2 * points, points, 0), False, offset.shape[1:3],
-                        kernel_size, stride, padding, dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset, mask, False, False, kernel_size, stride, padding, dilation,
+                        group, offset_scale, remove_center)
 
 
 def dcnv3_backward(grad_out, x, offset, mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center):
     """(grad_x, grad_offset, grad_mask) of L = Σ grad_out · out."""
     x, offset, mask = (np.ascontiguousarray(a) for a in (x, offset, mask))
-    points = _points(kernel_size, remove_center)
-    grad_offset, grad_mask = np.empty_like(offset), np.empty_like(mask)
-    grad_x = _run_backward(grad_out, x, offset, mask, (2 * points, points, 0), False, grad_offset,
-                           grad_mask, kernel_size, stride, padding, dilation, group, offset_scale,
-                           remove_center)
-    return grad_x, grad_offset, grad_mask
+    return _run_backward(grad_out, x, offset, mask, False, False, kernel_size, stride, padding,
+                         dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_forward(x, offset_mask, kernel_size, stride, padding, dilation, group, offset_scale,
                   remove_center, softmax):
     """DCNv3's sum, offsets and modulation read from offset_mask's 3P-channel group blocks."""
     x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
-    points = _points(kernel_size, remove_center)
-    return _run_forward(x, offset_mask, offset_mask, (3 * points, 3 * points, 2 * points),
-                        bool(softmax), offset_mask.shape[1:3], kernel_size, stride, padding,
-                        dilation, group, offset_scale, remove_center)
+    return _run_forward(x, offset_mask, offset_mask, True, bool(softmax), kernel_size, stride,
+                        padding, dilation, group, offset_scale, remove_center)
 
 
 def dcnv4_backward(grad_out, x, offset_mask, kernel_size, stride, padding, dilation, group,
                    offset_scale, remove_center, softmax):
     """(grad_x, grad_offset_mask); the padding channels from G·3P on get 0."""
     x, offset_mask = np.ascontiguousarray(x), np.ascontiguousarray(offset_mask)
-    points = _points(kernel_size, remove_center)
-    grad_offset_mask = np.zeros_like(offset_mask)  # one array: offsets and modulation
-    grad_x = _run_backward(grad_out, x, offset_mask, offset_mask,
-                           (3 * points, 3 * points, 2 * points), bool(softmax), grad_offset_mask,
-                           grad_offset_mask, kernel_size, stride, padding, dilation, group,
-                           offset_scale, remove_center)
+    grad_x, grad_offset_mask, _ = _run_backward(grad_out, x, offset_mask, offset_mask, True,
+                                                bool(softmax), kernel_size, stride, padding,
+                                                dilation, group, offset_scale, remove_center)
     return grad_x, grad_offset_mask

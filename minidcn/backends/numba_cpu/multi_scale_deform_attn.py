@@ -10,16 +10,15 @@ padding, the one-sided position gradient, NaN and far-away points reading 0).
 What makes it fast:
 
 * **The weights once per point.**  Everything that depends on the sampling point and not on
-  the channel (its pixel position, ``level_pixel``; its corner, the four bilinear weights
-  and their derivatives, ``bilinear_weights``; the rows of value that hold its four
-  neighbours, ``corner_rows``) is computed once, and A · w_i is folded into one coefficient
-  per neighbour, reused for all D channels of the head.
+  the channel (``sampling_point``: the rows of value that hold its four neighbours, the four
+  bilinear weights and their derivatives) is computed once, and A · w_i is folded into one
+  coefficient per neighbour, reused for all D channels of the head.
 * **Channels-last, so the channel loop is contiguous.**  value[n, row, m, :] holds the D
   channels of one head at one pixel side by side, and so do out[n, q, m·D:(m + 1)·D] and
   grad_value[n, row, m, :]: the innermost loop over d reads and writes consecutive memory,
   which the compiler turns into vector instructions.  The scalar formulas are written once
-  in ``formulas/bilinear.py`` and ``formulas/multi_scale_deform_attn.py``, compiled here
-  with ``for_cpu`` and inlined into the loops.
+  in ``formulas/multi_scale_deform_attn.py`` (built from those of ``formulas/bilinear.py``),
+  compiled here with ``for_cpu`` and inlined into the loops.
 * **Reordered sums, only in the channel loops.**  The two loops over d (``_add_scaled`` and
   ``_scatter_and_dot``) are compiled with ``fastmath=REORDER`` (see ``floating.py``): the
   backward's per-neighbour dot product S_i = Σ_d g_d value[q_i, d] runs as a vector
@@ -45,17 +44,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..formulas import bilinear as bilinear_formulas
 from ..formulas import for_cpu
 from ..formulas import multi_scale_deform_attn as formulas
 from .floating import REORDER
 
 __all__ = ["multi_scale_deform_attn_forward", "multi_scale_deform_attn_backward"]
 
-bilinear_weights = for_cpu(bilinear_formulas.bilinear_weights)
-corner_sum = for_cpu(bilinear_formulas.corner_sum)
-level_pixel = for_cpu(formulas.level_pixel)
-corner_rows = for_cpu(formulas.corner_rows)
+sampling_point, point_gradients = for_cpu(formulas.sampling_point, formulas.point_gradients)
 
 
 @njit(cache=True, parallel=True)
@@ -66,21 +61,19 @@ def _forward(value, spatial_shapes, locations, weights, out):
     for t in prange(weights.shape[0] * queries * heads):
         n, q, m = t // (queries * heads), (t // heads) % queries, t % heads
         out[n, q, m, :] = 0.0
-        start = 0  # the level's first row in value's S axis
         for level in range(levels):
-            height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
             for p in range(points):
-                y, x = level_pixel(locations[n, q, m, level, p, 0], locations[n, q, m, level, p, 1],
-                                   height, width)
-                inside, y0, x0, w, _, _ = bilinear_weights(y, x, height, width)
-                if not inside:
-                    continue
-                rows = corner_rows(y0, x0, height, width, start)
-                a = weights[n, q, m, level, p]
-                for i in range(4):
-                    if rows[i] >= 0:
-                        _add_scaled(out[n, q, m], a * w[i], value[n, rows[i], m])
-            start += height * width
+                rows, w, _, _ = sampling_point(spatial_shapes, level, locations[n, q, m, level, p])
+                _add_point(out[n, q, m], weights[n, q, m, level, p], w, rows, value, n, m)
+
+
+@njit(cache=True, inline="always")
+def _add_point(target, a, w, rows, value, n, m):
+    """target[:] += Σ_i a w_i value[n, rows_i, m, :] over the neighbours that are read
+    (row >= 0)."""
+    for i in range(4):
+        if rows[i] >= 0:
+            _add_scaled(target, a * w[i], value[n, rows[i], m])
 
 
 @njit(cache=True, fastmath=REORDER)
@@ -121,24 +114,18 @@ def _backward(grad_out, value, spatial_shapes, locations, weights, grad_value, g
         n, m = t // heads, t % heads
         grad_value[n, :, m, :] = 0.0
         for q in range(queries):
-            start = 0
             for level in range(levels):
-                height, width = spatial_shapes[level, 0], spatial_shapes[level, 1]
                 for p in range(points):
-                    y, x = level_pixel(locations[n, q, m, level, p, 0],
-                                       locations[n, q, m, level, p, 1], height, width)
-                    inside, y0, x0, w, w_dy, w_dx = bilinear_weights(y, x, height, width)
+                    rows, w, w_dy, w_dx = sampling_point(spatial_shapes, level,
+                                                         locations[n, q, m, level, p])
                     a = weights[n, q, m, level, p]
-                    rows = corner_rows(y0, x0, height, width, start) if inside else (-1, -1, -1, -1)
                     g = grad_out[n, q, m]
                     s = (_scatter_and_dot(g, value, grad_value, n, rows[0], m, a * w[0]),
                          _scatter_and_dot(g, value, grad_value, n, rows[1], m, a * w[1]),
                          _scatter_and_dot(g, value, grad_value, n, rows[2], m, a * w[2]),
                          _scatter_and_dot(g, value, grad_value, n, rows[3], m, a * w[3]))
-                    grad_weights[n, q, m, level, p] = corner_sum(w, s)
-                    grad_locations[n, q, m, level, p, 0] = width * a * corner_sum(w_dx, s)
-                    grad_locations[n, q, m, level, p, 1] = height * a * corner_sum(w_dy, s)
-                start += height * width
+                    grad_weights[n, q, m, level, p] = point_gradients(
+                        spatial_shapes, level, s, a, w, w_dy, w_dx, grad_locations[n, q, m, level, p])
 
 
 def _arrays(value, spatial_shapes, sampling_locations, attention_weights):

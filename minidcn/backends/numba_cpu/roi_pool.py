@@ -65,9 +65,7 @@ _window_max = for_cpu(formulas.window_max)
 _roi_geometry = for_cpu(formulas.roi_geometry)
 _sample_count = for_cpu(formulas.sample_count)
 _sample_coord = for_cpu(formulas.sample_coord)
-_inside_band = for_cpu(formulas.inside_band)
-_axis_corners = for_cpu(formulas.axis_corners)
-_corner_weights = for_cpu(formulas.corner_weights)
+_sample_corners = for_cpu(formulas.sample_corners)
 _bilinear_value = for_cpu(formulas.bilinear_value)
 _position_slopes = for_cpu(formulas.position_slopes)
 _channel = for_cpu(formulas.channel)
@@ -157,12 +155,11 @@ def _bin_samples(geometry, offset, gamma, k, i, j, ph, pw, height, width, where,
         y = _sample_coord(y_start, roi_h, offset[k, 1, i, j], gamma, i, ph, iy, grid_h)
         for ix in range(grid_w):
             x = _sample_coord(x_start, roi_w, offset[k, 0, i, j], gamma, j, pw, ix, grid_w)
-            if _inside_band(y, x, height, width):
-                y0, y1, ly = _axis_corners(y, height)
-                x0, x1, lx = _axis_corners(x, width)
+            inside, y0, y1, x0, x1, w = _sample_corners(y, x, height, width)
+            if inside:
                 where[n, 0], where[n, 1] = y0 * width + x0, y0 * width + x1
                 where[n, 2], where[n, 3] = y1 * width + x0, y1 * width + x1
-                weights[n, 0], weights[n, 1], weights[n, 2], weights[n, 3] = _corner_weights(ly, lx)
+                weights[n, 0], weights[n, 1], weights[n, 2], weights[n, 3] = w
                 spans[n, 0], spans[n, 1], spans[n, 2], spans[n, 3] = y1 - y, y - y0, x1 - x, x - x0
                 n += 1
     return n
