@@ -18,15 +18,19 @@ DESCRIPTION = ("Time minidcn's kernels beside torch and torchvision (when instal
                "median of each and the speed-up against the peer.")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
-    return value
+def _int_at_least(low: int):
+    """argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of at least {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _variables(text: str) -> dict:
@@ -42,17 +46,6 @@ def _variables(text: str) -> dict:
     return pairs
 
 
-def _count(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
-    return value
-
-
 def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the chosen sections; 0 if every case ran
     and its implementations agreed, else 1.
@@ -65,14 +58,14 @@ def main(argv=None, prog: str = "python -m minidcn.bench") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     parser.add_argument("sections", nargs="*", metavar="section",
                         help=f"any of {', '.join(sections)} (default: all)")
-    parser.add_argument("--repeat", type=_positive_int, default=3, metavar="N",
+    parser.add_argument("--repeat", type=_int_at_least(1), default=3, metavar="N",
                         help="timed calls of each implementation per round, at least 1 (default 3)")
-    parser.add_argument("--rounds", type=_positive_int, default=5, metavar="R",
+    parser.add_argument("--rounds", type=_int_at_least(1), default=5, metavar="R",
                         help="rounds, the implementations taking turns in each, at least 1 (default 5)")
     parser.add_argument("--env", type=_variables, action="append", default=[], metavar='"NAME=VALUE ..."',
                         help="also time minidcn with these environment variables set, as a user would "
                              "set them (repeatable; e.g. --env OPENBLAS_NUM_THREADS=2)")
-    parser.add_argument("--busy", type=_count, default=0, metavar="K",
+    parser.add_argument("--busy", type=_int_at_least(0), default=0, metavar="K",
                         help="keep K other processes busy (an endless loop each) while the workers "
                              "run, as on a laptop doing other work (default 0)")
     parser.add_argument("--smoke", action="store_true",
